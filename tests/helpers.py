@@ -1,0 +1,108 @@
+"""Shared integration-test helpers: real backends, a real balancer, all on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.protocols.policies import WrappingFactory
+
+from wsbalancer.config import load
+from wsbalancer.demo.backend import DemoBackend, DemoProtocol
+from wsbalancer.tap import BalancerService, build_service
+
+TIMEOUT = 10.0
+
+
+def aio(awaitable: Awaitable[Any]) -> defer.Deferred[Any]:
+    """Await an asyncio awaitable (a websockets call) from a Twisted coroutine."""
+    return defer.Deferred.fromFuture(asyncio.ensure_future(awaitable))
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = TIMEOUT,
+                   what: str = "condition") -> Any:
+    """Check `predicate` on each reactor turn until true, failing after `timeout` seconds."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await deferLater(reactor, 0.01, lambda: None)
+
+
+class RunningBackend:
+    """A demo backend listening on an ephemeral port."""
+
+    def __init__(self, backend: DemoBackend, port: Any, tracker: WrappingFactory) -> None:
+        self.backend = backend
+        self.port = port
+        self.tracker = tracker
+        self.url = f"ws://127.0.0.1:{port.getHost().port}"
+        self.id = self.url[len("ws://"):]  # the balancer's default backend id is host:port
+
+    @property
+    def count(self) -> int:
+        return len(self.backend.clients)
+
+    async def stop(self) -> None:
+        """Stop listening and drop every connection (a crashed backend)."""
+        await self.port.stopListening()
+        for connection in list(self.tracker.protocols):
+            connection.transport.abortConnection()
+
+
+def start_backend(name: str, protocol: type[DemoProtocol] = DemoProtocol,
+                  **kwargs: Any) -> RunningBackend:
+    backend = DemoBackend(name, protocol=protocol, **kwargs)
+    tracker = WrappingFactory(backend.site())  # to drop every connection, HTTP ones too
+    port = reactor.listenTCP(0, tracker, interface="127.0.0.1")
+    return RunningBackend(backend, port, tracker)
+
+
+class RunningBalancer:
+    """A balancer built from a config, started, with its ports known."""
+
+    def __init__(self, service: BalancerService, port: int, admin_port: int) -> None:
+        self.service = service
+        self.balancer = service.balancer
+        self.port = port
+        self.admin_port = admin_port
+
+    def ws_url(self, path: str = "/echo") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def admin_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.admin_port}{path}"
+
+    async def stop(self) -> None:
+        await self.service.stopService()
+
+
+async def start_balancer(backend_urls: list[str], **settings: Any) -> RunningBalancer:
+    """Start a balancer in this reactor; `settings` are dotted keys with `__` for dots."""
+    overrides = [("listen", "tcp:0:interface=127.0.0.1", "test"),
+                 ("admin.listen", "tcp:0:interface=127.0.0.1", "test"),
+                 ("balancing.poll_interval", "0.2s", "test")]
+    overrides += [(key.replace("__", "."), value, "test") for key, value in settings.items()]
+    config = load(None, environ={}, overrides=overrides, backends=backend_urls)
+    service = build_service(config, reactor)
+    service.startService()
+    port = await service.listeners[0].listening()
+    assert service.admin is not None
+    admin = await service.admin.listening()
+    return RunningBalancer(service, port.getHost().port, admin.getHost().port)
+
+
+async def get_json(url: str) -> tuple[int, Any]:
+    """GET a JSON document with treq."""
+    import treq
+
+    response = await treq.get(url, persistent=False)
+    body = await response.content()
+    return response.code, json.loads(body)

@@ -1,0 +1,208 @@
+"""Integration: real backends, the real balancer and a real client (websockets) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+import pytest_twisted
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from wsbalancer.demo.backend import DemoProtocol
+
+from .helpers import aio, get_json, start_backend, start_balancer, wait_for
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_path_and_query_reach_the_backend_and_come_back() -> None:
+    backend = start_backend("b1")
+    lb = await start_balancer([backend.url])
+    try:
+        ws = await aio(websockets.connect(lb.ws_url("/echo/room?x=1&x=2&y=%20z")))
+        await aio(ws.send("héllo"))
+        assert await aio(ws.recv()) == "héllo"
+        await aio(ws.send(b"\x00\xff" * 40000))
+        assert await aio(ws.recv()) == b"\x00\xff" * 40000
+        seen = backend.backend.handshakes[-1]
+        assert seen["path"] == "/echo/room"
+        assert seen["params"] == {"x": ["1", "2"], "y": [" z"]}
+        await aio(ws.close())
+    finally:
+        await lb.stop()
+        await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_gets_the_subprotocol_the_backend_picked() -> None:
+    backend = start_backend("b1", subprotocols=("chat.v1", "chat.v2"))
+    lb = await start_balancer([backend.url])
+    try:
+        ws = await aio(websockets.connect(lb.ws_url(), subprotocols=["chat.v2", "chat.v1"]))
+        assert ws.subprotocol == "chat.v1"
+        assert backend.backend.handshakes[-1]["protocols"] == ["chat.v2", "chat.v1"]
+        await aio(ws.close())
+        plain = await aio(websockets.connect(lb.ws_url()))
+        assert plain.subprotocol is None
+        await aio(plain.close())
+    finally:
+        await lb.stop()
+        await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_forwarded_headers_cookies_and_set_cookie_pass_back() -> None:
+    class CookieBackend(DemoProtocol):
+        def onConnect(self, request: Any) -> Any:
+            super().onConnect(request)
+            return None, {"Set-Cookie": ["a=1; Path=/", "b=2; Path=/"], "X-Internal": "no"}
+
+    backend = start_backend("b1", protocol=CookieBackend)
+    lb = await start_balancer([backend.url])
+    try:
+        ws = await aio(websockets.connect(
+            lb.ws_url(), additional_headers={"Cookie": "session=abc", "X-Request-Id": "r1",
+                                             "X-Forwarded-For": "6.6.6.6",
+                                             "X-Balancer-Reconnect": "9"},
+            origin="http://example.test"))
+        headers = backend.backend.handshakes[-1]["headers"]
+        assert headers["cookie"] == "session=abc"
+        assert headers["x-request-id"] == "r1"
+        assert headers["x-forwarded-for"] == "127.0.0.1"  # an untrusted chain is not kept
+        assert headers["x-forwarded-proto"] == "http"
+        assert headers["x-forwarded-host"].startswith("127.0.0.1:")
+        assert headers["origin"] == "http://example.test"
+        assert "x-balancer-reconnect" not in headers  # only the balancer may set it
+        assert ws.response.headers.get_all("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/"]
+        assert "X-Internal" not in ws.response.headers
+        await aio(ws.close())
+    finally:
+        await lb.stop()
+        await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_4xx_is_passed_to_the_client() -> None:
+    backend = start_backend("b1", deny_status=403)
+    lb = await start_balancer([backend.url])
+    try:
+        with pytest.raises(InvalidStatus) as raised:
+            await aio(websockets.connect(lb.ws_url()))
+        assert raised.value.response.status_code == 403
+    finally:
+        await lb.stop()
+        await backend.stop()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_and_5xx_backends_are_skipped() -> None:
+    good = start_backend("good")
+    broken = start_backend("broken", deny_status=502)
+    dead_url = f"ws://127.0.0.1:{_closed_port()}"
+    lb = await start_balancer([dead_url, broken.url, good.url], balancing__strategy="round-robin")
+    try:
+        for _ in range(3):  # round robin starts on each backend once
+            ws = await aio(websockets.connect(lb.ws_url()))
+            await aio(ws.send("x"))
+            assert await aio(ws.recv()) == "x"
+            await aio(ws.close())
+        assert good.backend.handshakes and len(good.backend.handshakes) == 3
+    finally:
+        await lb.stop()
+        await good.stop()
+        await broken.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_backend_left_gives_503_and_not_ready() -> None:
+    backend = start_backend("b1")
+    lb = await start_balancer([backend.url, f"ws://127.0.0.1:{_closed_port()}"])
+    try:
+        code, _ = await get_json(lb.admin_url("/readyz"))
+        assert code == 200
+        await backend.stop()
+        with pytest.raises(InvalidStatus) as raised:
+            await aio(websockets.connect(lb.ws_url()))
+        assert raised.value.response.status_code == 503
+
+        for _ in range(lb.balancer.config.health_fall):  # `fall` failed polls mark it down
+            await _next_poll(lb)
+        code, body = await get_json(lb.admin_url("/readyz"))
+        assert (code, body["ready"]) == (503, False)
+    finally:
+        await lb.stop()
+
+
+async def _next_poll(lb: Any) -> None:
+    assert lb.service.poller is not None
+    await lb.service.poller.poll_once()
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_codes_cross_both_ways() -> None:
+    class Closer(DemoProtocol):
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            if payload.startswith(b"close "):
+                code, reason = payload.split(b" ", 2)[1:]
+                self.sendClose(int(code), reason.decode())
+            else:
+                super().onMessage(payload, isBinary)
+
+    backend = start_backend("b1", protocol=Closer)
+    lb = await start_balancer([backend.url])
+    try:
+        ws = await aio(websockets.connect(lb.ws_url()))
+        await aio(ws.close(4001, "client bye"))
+        await wait_for(lambda: backend.backend.closes, what="backend to see the close")
+        assert backend.backend.closes[-1] == (4001, "client bye")
+
+        ws = await aio(websockets.connect(lb.ws_url()))
+        await aio(ws.send(b"close 4002 backend bye"))
+        with pytest.raises(ConnectionClosed):
+            await aio(ws.recv())
+        assert ws.close_code == 4002
+        assert ws.close_reason == "backend bye"
+    finally:
+        await lb.stop()
+        await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_dying_mid_session_gives_1014_not_1000() -> None:
+    backend = start_backend("b1")
+    lb = await start_balancer([backend.url])
+    try:
+        ws = await aio(websockets.connect(lb.ws_url()))
+        await aio(ws.send("x"))
+        assert await aio(ws.recv()) == "x"
+        await backend.stop()
+        with pytest.raises(ConnectionClosed):
+            await aio(ws.recv())
+        assert ws.close_code == 1014
+        assert lb.balancer.sessions == {}
+        assert lb.balancer.pool.backends[backend.id].local_sessions == 0
+    finally:
+        await lb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_vanishing_closes_the_backend_leg_and_frees_the_session() -> None:
+    backend = start_backend("b1")
+    lb = await start_balancer([backend.url])
+    try:
+        ws = await aio(websockets.connect(lb.ws_url()))
+        await wait_for(lambda: backend.count == 1)
+        ws.transport.abort()
+        await wait_for(lambda: backend.count == 0, what="backend leg to close")
+        assert backend.backend.closes[-1][0] == 1001
+        await wait_for(lambda: not lb.balancer.sessions, what="session to be freed")
+    finally:
+        await lb.stop()
+        await backend.stop()

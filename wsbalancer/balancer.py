@@ -1,0 +1,166 @@
+"""The balancer: the pool, the dialer, the live sessions and what is counted about them.
+
+`Balancer` is the object the protocols call into; it owns no sockets itself, so it can be
+built from a `Config` in tests and in programs that embed the balancer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+
+from .config import Config
+from .dialer import BackendDialer
+from .logs import logger
+from .metrics import BalancerMetrics
+from .pool import BackendPool, BackendState
+from .relay import BackendProtocol, RelayFactory, RelaySession
+
+
+def accept_deflate_offer(offers: list[Any]) -> Any:
+    """Accept a client's permessage-deflate offer (the first one we can honour)."""
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer)
+    return None
+
+
+class Balancer:
+    """Everything one balancer process knows, independent of its listening sockets."""
+
+    log = logger("wsbalancer")
+
+    def __init__(self, config: Config, reactor: Any, clock: Any = None, rng: Any = None) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.clock = clock or reactor
+        self.metrics = BalancerMetrics()
+        self.pool = BackendPool(
+            config.backends,
+            seconds=self.clock.seconds,
+            strategy=config.strategy,
+            count_ttl=config.count_ttl,
+            fall=config.health_fall,
+            rise=config.health_rise,
+            breaker_threshold=config.breaker_threshold,
+            breaker_cooldown=config.breaker_cooldown,
+            rng=rng,
+        )
+        self.pool.on_state_change = self._state_changed
+        self.dialer = BackendDialer(reactor, config, BackendProtocol, clock=self.clock)
+        self.sessions: dict[int, RelaySession] = {}
+        # Traffic of sessions already ended: msgs in, msgs out, bytes in, bytes out.
+        self._ended_traffic = [0, 0, 0, 0]
+        self.metrics.attach(self)
+
+    # --- the client-facing factory ------------------------------------------------
+
+    def server_factory(self) -> RelayFactory:
+        """An Autobahn server factory relaying to this balancer's backends."""
+        config = self.config
+        factory = RelayFactory(self)
+        keepalive = config.client_keepalive
+        factory.setProtocolOptions(
+            openHandshakeTimeout=config.client_handshake_timeout,
+            closeHandshakeTimeout=config.close_timeout,
+            autoPingInterval=keepalive.ping_interval,
+            autoPingTimeout=keepalive.pong_timeout,
+            maxMessagePayloadSize=config.max_message_size,
+            maxFramePayloadSize=config.max_frame_size,
+            maxConnections=config.max_connections,
+            failByDrop=False,
+            echoCloseCodeReason=True,
+            webStatus=False,
+            tcpNoDelay=True,
+            perMessageCompressionAccept=(
+                accept_deflate_offer if config.compression else (lambda offers: None)
+            ),
+        )
+        factory.server = "wsbalancer"
+        return factory
+
+    # --- events from sessions -------------------------------------------------------
+
+    def session_opened(self, session: RelaySession) -> None:
+        """The backend leg is open; the client is about to get its 101."""
+        self.sessions[session.id] = session
+        backend = session.backend_state
+        assert backend is not None
+        self.metrics.sessions_opened.labels(backend.id).inc()
+        self.metrics.handshake_seconds.observe(self.clock.seconds() - session.started)
+
+    def session_ended(self, session: RelaySession) -> None:
+        """Both legs are closed: count the session's traffic and log one line."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        t = self._ended_traffic
+        t[0] += session.msgs_in
+        t[1] += session.msgs_out
+        t[2] += session.bytes_in
+        t[3] += session.bytes_out
+        backend_id = session.backend_state.id if session.backend_state else "-"
+        code = session.close_code
+        self.metrics.sessions_closed.labels(backend_id, str(code or 1005)).inc()
+        peer = getattr(session.client.transport.getPeer(), "host", "?")
+        self.log.info(
+            "session {session} {peer} {path} on {backend} ended after {duration:.1f}s: "
+            "close {code} {reason!r} by {by}; {msgs_in} msgs/{bytes_in} B in, "
+            "{msgs_out} msgs/{bytes_out} B out",
+            session=session.id, peer=peer, path=session.client.http_request_path,
+            backend=backend_id, duration=self.clock.seconds() - session.started,
+            code=code, reason=session.close_reason, by=session.closed_by or "-",
+            msgs_in=session.msgs_in, bytes_in=session.bytes_in,
+            msgs_out=session.msgs_out, bytes_out=session.bytes_out,
+        )
+
+    def handshake_outcome(self, outcome: str) -> None:
+        """Count a client handshake's outcome (bounded set of labels)."""
+        self.metrics.handshakes.labels(outcome).inc()
+
+    def dial_failed(self, backend: BackendState, reason: str) -> None:
+        """A backend leg could not be opened; the next backend will be tried."""
+        self.metrics.dial_failures.labels(backend.id).inc()
+        self.log.warn("backend {backend} refused a session: {reason}",
+                      backend=backend.id, reason=reason)
+
+    def no_backend(self, session: RelaySession, errors: list[str]) -> None:
+        """No backend could take the session: the client gets 503."""
+        peer = getattr(session.client.transport.getPeer(), "host", "?")
+        self.log.warn("no backend for {peer}: {detail}", peer=peer,
+                      detail="; ".join(errors) or "none usable")
+
+    def poll_result(self, backend: BackendState, seconds: float, error: str | None) -> None:
+        """The poller read (or failed to read) a backend's count."""
+        self.metrics.poll_seconds.labels(backend.id).observe(seconds)
+        if error is not None:
+            self.metrics.poll_errors.labels(backend.id).inc()
+
+    def _state_changed(self, backend: BackendState, kind: str, state: str) -> None:
+        self.metrics.state_changes.labels(backend.id, kind, state).inc()
+        self.log.warn("backend {backend} {kind} is now {state}", backend=backend.id, kind=kind,
+                      state=state)
+
+    # --- figures --------------------------------------------------------------------
+
+    def traffic_totals(self) -> tuple[int, int, int, int]:
+        """Messages and bytes each way, ended and live sessions together."""
+        t = list(self._ended_traffic)
+        for s in self.sessions.values():
+            t[0] += s.msgs_in
+            t[1] += s.msgs_out
+            t[2] += s.bytes_in
+            t[3] += s.bytes_out
+        return t[0], t[1], t[2], t[3]
+
+    def ready(self) -> bool:
+        """Whether a new session could be placed now."""
+        return self.pool.any_usable()
+
+    def sweep_idle(self) -> None:
+        """Close sessions that carried no message for a whole idle period (1001)."""
+        for session in list(self.sessions.values()):
+            mark = session.msgs_in + session.msgs_out
+            if session.idle_mark == mark:
+                session.terminate(1001, "idle timeout")
+            session.idle_mark = mark

@@ -1,0 +1,596 @@
+"""Configuration: a YAML file, overridden by environment variables, overridden by flags.
+
+Everything here is plain Python with no I/O beyond reading the one file, so every rule is
+unit-testable. A bad value raises `ConfigError` whose message names the source, the key and
+what is wrong, in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+STRATEGIES = ("least-loaded", "power-of-two", "round-robin")
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+ENV_PREFIX = "WSBALANCER_"
+
+# Headers that belong to one hop or to the WebSocket handshake itself: each leg writes its own.
+HANDSHAKE_HEADERS = frozenset(
+    {
+        "host",
+        "upgrade",
+        "connection",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+        "content-length",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "origin",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message is the one line an operator sees."""
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """One backend: where to dial it and where its connection count is read."""
+
+    id: str
+    url: str
+    metric_url: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """Ping/pong keepalive of one leg; an interval of 0 turns it off."""
+
+    ping_interval: float
+    pong_timeout: float
+
+
+@dataclass(frozen=True)
+class Config:
+    """The balancer's whole configuration, validated."""
+
+    backends: tuple[BackendConfig, ...]
+    listen: tuple[str, ...] = ("tcp:8080",)
+    admin_listen: str = "tcp:8081:interface=127.0.0.1"
+    balancer_metric_path: str = "/balancer-metrics"
+    strategy: str = "least-loaded"
+    poll_interval: float = 2.0
+    count_ttl: float = 30.0
+    fetch_timeout: float = 2.0
+    health_fall: int = 3
+    health_rise: int = 2
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 10.0
+    backend_connect_timeout: float = 5.0
+    backend_handshake_timeout: float = 10.0
+    client_handshake_timeout: float = 10.0
+    idle_timeout: float = 0.0
+    close_timeout: float = 5.0
+    client_keepalive: Keepalive = Keepalive(30.0, 10.0)
+    backend_keepalive: Keepalive = Keepalive(30.0, 10.0)
+    max_message_size: int = 64 * 1024 * 1024
+    max_frame_size: int = 0
+    max_header_bytes: int = 16 * 1024
+    max_connections: int = 0
+    forward_headers: tuple[str, ...] = ("*",)
+    block_headers: tuple[str, ...] = ()
+    pass_back_headers: tuple[str, ...] = ("set-cookie",)
+    trust_x_forwarded_for: bool = False
+    tls_verify: bool = True
+    tls_ca_file: str | None = None
+    compression: bool = True
+    reconnect_header: str = "X-Balancer-Reconnect"
+    abnormal_close_codes: tuple[int, ...] = (1006, 1011, 1012, 1001, 1013)
+    log_level: str = "info"
+    log_format: str = "text"
+    ignored: tuple[str, ...] = field(default=())
+
+    def backend(self, backend_id: str) -> BackendConfig:
+        """The backend with this id (KeyError when there is none)."""
+        for b in self.backends:
+            if b.id == backend_id:
+                return b
+        raise KeyError(backend_id)
+
+
+# --- value parsers: each takes the raw value and returns the typed one or raises ValueError ---
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
+               "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as `500ms`, `10s`, `2m`."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 10s or 500ms")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"expected a duration such as 10s or 500ms, got {value!r}")
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[m.group(2)]
+        seconds = float(m.group(1)) * scale
+    if seconds < 0:
+        raise ValueError(f"must not be negative, got {value!r}")
+    return seconds
+
+
+def parse_positive_duration(value: Any) -> float:
+    """A duration that must be above zero."""
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be above zero, got {value!r}")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an integer or a string such as `64KiB`, `16MiB`."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 65536 or 64KiB")
+    if isinstance(value, int):
+        size = value
+    else:
+        m = _SIZE.match(str(value))
+        if not m:
+            raise ValueError(f"expected a size such as 65536 or 64KiB, got {value!r}")
+        size = int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
+    if size < 0:
+        raise ValueError(f"must not be negative, got {value!r}")
+    return size
+
+
+def parse_int(value: Any) -> int:
+    """A non-negative integer."""
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {value!r}")
+    if number < 0:
+        raise ValueError(f"must not be negative, got {value!r}")
+    return number
+
+
+def parse_positive_int(value: Any) -> int:
+    """An integer of at least one."""
+    number = parse_int(value)
+    if number < 1:
+        raise ValueError(f"must be at least 1, got {value!r}")
+    return number
+
+
+def parse_bool(value: Any) -> bool:
+    """true/false, yes/no, on/off, 1/0."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def parse_list(value: Any) -> tuple[str, ...]:
+    """A YAML list or a comma-separated string."""
+    if value is None:
+        return ()
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
+def parse_header_list(value: Any) -> tuple[str, ...]:
+    """Header names, lower-cased."""
+    return tuple(h.lower() for h in parse_list(value))
+
+
+def parse_close_codes(value: Any) -> tuple[int, ...]:
+    """WebSocket close codes."""
+    codes = []
+    for item in parse_list(value):
+        code = parse_int(item)
+        if not 1000 <= code <= 4999:
+            raise ValueError(f"close code {code} is outside 1000-4999")
+        codes.append(code)
+    return tuple(codes)
+
+
+def _enum(choices: Iterable[str], aliases: Mapping[str, str] | None = None) -> Callable[[Any], str]:
+    allowed = tuple(choices)
+    alias = dict(aliases or {})
+
+    def parse(value: Any) -> str:
+        text = alias.get(str(value).strip().lower(), str(value).strip().lower())
+        if text not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def parse_endpoint(value: Any) -> str:
+    """A Twisted endpoint string, or the seed's `host:port` / `:port` form."""
+    text = str(value).strip()
+    if not text:
+        raise ValueError("empty listen address")
+    m = re.match(r"^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.\-]*)):(\d+)$", text)
+    if m:
+        host = m.group(1) or m.group(2) or ""
+        port = int(m.group(3))
+        if port > 65535:
+            raise ValueError(f"port {port} is out of range")
+        if not host:
+            return f"tcp:{port}"
+        if m.group(1):
+            return f"tcp6:{port}:interface={host.replace(':', chr(92) + ':')}"
+        return f"tcp:{port}:interface={host}"
+    if re.match(r"^[a-z][a-z0-9]*:", text):
+        return text
+    raise ValueError(f"expected an endpoint such as tcp:8080 or 127.0.0.1:8080, got {value!r}")
+
+
+def parse_endpoints(value: Any) -> tuple[str, ...]:
+    """One or several endpoints."""
+    if isinstance(value, list | tuple):
+        items = [str(v) for v in value]
+    else:
+        # endpoint strings contain commas only inside ssl options, which users list in YAML
+        items = [value] if str(value).startswith(("ssl:", "unix:")) else parse_list(value)
+    endpoints = tuple(parse_endpoint(v) for v in items)
+    if not endpoints:
+        raise ValueError("at least one listen address is needed")
+    return endpoints
+
+
+def parse_path(value: Any) -> str:
+    """An absolute URL path."""
+    text = str(value).strip()
+    if not text.startswith("/"):
+        raise ValueError(f"expected a path starting with /, got {value!r}")
+    return text
+
+
+def parse_ca_file(value: Any) -> str | None:
+    """A readable file, or empty for none."""
+    if value in (None, ""):
+        return None
+    path = str(value)
+    if not os.path.isfile(path):
+        raise ValueError(f"no such file: {path}")
+    return path
+
+
+# The keys of the file format, dotted, each with its parser and the Config field it fills.
+SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "listen": (parse_endpoints, "listen"),
+    "admin.listen": (parse_endpoint, "admin_listen"),
+    "admin.balancer_metric_path": (parse_path, "balancer_metric_path"),
+    "balancing.strategy": (
+        _enum(STRATEGIES, {"leastconn": "least-loaded", "least-connections": "least-loaded",
+                           "p2c": "power-of-two", "power-of-two-choices": "power-of-two",
+                           "roundrobin": "round-robin"}),
+        "strategy",
+    ),
+    "balancing.poll_interval": (parse_positive_duration, "poll_interval"),
+    "balancing.count_ttl": (parse_positive_duration, "count_ttl"),
+    "balancing.fetch_timeout": (parse_positive_duration, "fetch_timeout"),
+    "balancing.metric_path": (str, "_metric_path"),
+    "health.fall": (parse_positive_int, "health_fall"),
+    "health.rise": (parse_positive_int, "health_rise"),
+    "breaker.threshold": (parse_positive_int, "breaker_threshold"),
+    "breaker.cooldown": (parse_positive_duration, "breaker_cooldown"),
+    "timeouts.backend_connect": (parse_positive_duration, "backend_connect_timeout"),
+    "timeouts.backend_handshake": (parse_positive_duration, "backend_handshake_timeout"),
+    "timeouts.client_handshake": (parse_positive_duration, "client_handshake_timeout"),
+    "timeouts.idle": (parse_duration, "idle_timeout"),
+    "timeouts.close": (parse_positive_duration, "close_timeout"),
+    "keepalive.client.ping_interval": (parse_duration, "_client_ping"),
+    "keepalive.client.pong_timeout": (parse_duration, "_client_pong"),
+    "keepalive.backend.ping_interval": (parse_duration, "_backend_ping"),
+    "keepalive.backend.pong_timeout": (parse_duration, "_backend_pong"),
+    "limits.max_message_size": (parse_size, "max_message_size"),
+    "limits.max_frame_size": (parse_size, "max_frame_size"),
+    "limits.max_header_bytes": (parse_size, "max_header_bytes"),
+    "limits.max_connections": (parse_int, "max_connections"),
+    "headers.forward": (parse_header_list, "forward_headers"),
+    "headers.block": (parse_header_list, "block_headers"),
+    "headers.pass_back": (parse_header_list, "pass_back_headers"),
+    "headers.trust_x_forwarded_for": (parse_bool, "trust_x_forwarded_for"),
+    "tls.verify": (parse_bool, "tls_verify"),
+    "tls.ca_file": (parse_ca_file, "tls_ca_file"),
+    "compression": (parse_bool, "compression"),
+    "failover.reconnect_header": (str, "reconnect_header"),
+    "failover.close_codes": (parse_close_codes, "abnormal_close_codes"),
+    "log.level": (_enum(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}), "log_level"),
+    "log.format": (_enum(("text", "json")), "log_format"),
+}
+
+# Keys of the seed Traefik plugin's configuration, accepted in the file at the top level.
+TRAEFIK_KEYS = {
+    "metricPath": "balancing.metric_path",
+    "balancerMetricPath": "admin.balancer_metric_path",
+    "cacheTTL": "balancing.poll_interval",
+    "tlsVerify": "tls.verify",
+}
+
+# Environment variables of the seed Go balancer, so its users can migrate unchanged.
+SEED_ENV = {
+    "FE_ADDR": "listen",
+    "ADM_ADDR": "admin.listen",
+    "LOG_LEVEL": "log.level",
+    "FE_TRUST_XFF": "headers.trust_x_forwarded_for",
+    "BLOCK_HEADERS": "headers.block",
+    "BE_PASS_HEADERS": "headers.pass_back",
+    "BE_PING_TIME": "keepalive.backend.ping_interval",
+    "BE_HANDSHAKE_TIMEOUT": "timeouts.backend_handshake",
+    "BE_BREAKER_THRESHOLD": "breaker.threshold",
+    "BE_ABNORMAL_CLOSE_CODES": "failover.close_codes",
+    "RECONNECT_HDR": "failover.reconnect_header",
+    "FE_MAX_HDR_BYTES": "limits.max_header_bytes",
+    "FE_READ_TIMEOUT": "timeouts.client_handshake",
+}
+# Seed variables with no meaning here (Go buffer sizes, per-request HTTP timeouts, a switch
+# for metrics that are always on): accepted, and reported once at start-up.
+SEED_ENV_IGNORED = (
+    "FE_RB_SIZE", "FE_WB_SIZE", "BE_RB_SIZE", "BE_WB_SIZE", "FE_WRITE_TIMEOUT",
+    "ADM_READ_TIMEOUT", "ADM_WRITE_TIMEOUT", "ADM_MAX_HDR_BYTES", "ENABLE_INST",
+)
+
+
+@dataclass
+class _Value:
+    value: Any
+    source: str
+
+
+@dataclass
+class _BackendSpec:
+    url: Any
+    source: str
+    id: Any = None
+    metric: Any = None
+    weight: Any = 1
+
+
+@dataclass
+class RawConfig:
+    """Values as found, each with the place it came from, before validation."""
+
+    values: dict[str, _Value] = field(default_factory=dict)
+    backends: list[_BackendSpec] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    def set(self, key: str, value: Any, source: str) -> None:
+        """Record a value for a dotted key; later calls override earlier ones."""
+        if key not in SCHEMA:
+            raise ConfigError(f"{source}: {key}: unknown key")
+        self.values[key] = _Value(value, source)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and dotted not in SCHEMA:
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _backend_specs(items: Any, source: str, key: str) -> list[_BackendSpec]:
+    if not isinstance(items, list):
+        raise ConfigError(f"{source}: {key}: expected a list of backends")
+    specs = []
+    for index, item in enumerate(items):
+        where = f"{source}: {key}[{index}]"
+        if isinstance(item, str):
+            specs.append(_BackendSpec(url=item, source=where))
+        elif isinstance(item, Mapping):
+            unknown = set(item) - {"url", "id", "metric", "metric_url", "metric_path", "weight"}
+            if unknown:
+                raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]}")
+            if "url" not in item:
+                raise ConfigError(f"{where}: url is missing")
+            metric = item.get("metric", item.get("metric_url", item.get("metric_path")))
+            specs.append(_BackendSpec(url=item["url"], source=where, id=item.get("id"),
+                                      metric=metric, weight=item.get("weight", 1)))
+        else:
+            raise ConfigError(f"{where}: expected a URL or a mapping with url")
+    return specs
+
+
+def read_file(raw: RawConfig, path: str) -> None:
+    """Merge a YAML configuration file into `raw`."""
+    source = f"file {path}"
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot be read: {e.strerror or e}")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{source}: not valid YAML{where}: {problem}")
+    if data is None:
+        return
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    data = dict(data)
+    for seed_key, key in TRAEFIK_KEYS.items():
+        if seed_key in data:
+            raw.set(key, data.pop(seed_key), source)
+    if "services" in data:  # the Traefik plugin's list of backend URLs
+        raw.backends.extend(_backend_specs(data.pop("services"), source, "services"))
+    upstream = data.pop("upstream", None)  # the Go balancer's `upstream: backends:`
+    if isinstance(upstream, Mapping) and "backends" in upstream:
+        raw.backends.extend(_backend_specs(upstream["backends"], source, "upstream.backends"))
+    elif upstream is not None:
+        raise ConfigError(f"{source}: upstream: expected a mapping with backends")
+    if "backends" in data:
+        raw.backends.extend(_backend_specs(data.pop("backends"), source, "backends"))
+    for key, value in _flatten(data):
+        raw.set(key, value, source)
+
+
+def _env_backends(raw: RawConfig, urls: str, ids: str | None, source: str) -> None:
+    id_list = parse_list(ids) if ids else ()
+    url_list = parse_list(urls)
+    if id_list and len(id_list) != len(url_list):
+        raise ConfigError(
+            f"{source}: BE_URL_IDS has {len(id_list)} ids for {len(url_list)} BE_URLS"
+        )
+    for index, url in enumerate(url_list):
+        backend_id = id_list[index] if id_list else None
+        if backend_id is None and "=" in url.split("://")[0]:
+            backend_id, url = url.split("=", 1)
+        raw.backends.append(_BackendSpec(url=url, id=backend_id, source=source))
+
+
+def read_environment(raw: RawConfig, environ: Mapping[str, str]) -> None:
+    """Merge environment variables: the seed Go balancer's names, then `WSBALANCER_*`."""
+    for name, key in SEED_ENV.items():
+        if name in environ:
+            raw.set(key, environ[name], f"environment {name}")
+    for name in SEED_ENV_IGNORED:
+        if name in environ:
+            raw.ignored.append(name)
+    if "BE_URLS" in environ:
+        _env_backends(raw, environ["BE_URLS"], environ.get("BE_URL_IDS"), "environment BE_URLS")
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        if name == ENV_PREFIX + "BACKENDS":
+            raw.backends = []
+            _env_backends(raw, environ[name], None, f"environment {name}")
+            continue
+        key = name[len(ENV_PREFIX):].lower().replace("__", ".")
+        raw.set(key, environ[name], f"environment {name}")
+
+
+def _normalise_backend_url(url: str) -> str:
+    # The Go seed writes `ws:host:port`; the Traefik seed lists http(s):// service URLs.
+    m = re.match(r"^(wss?|https?):(?!//)(.+)$", url)
+    if m:
+        url = f"{m.group(1)}://{m.group(2)}"
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))
+
+
+def _build_backend(spec: _BackendSpec, metric_path: str) -> BackendConfig:
+    url = _normalise_backend_url(str(spec.url).strip())
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ConfigError(f"{spec.source}: url: expected ws://host:port or wss://host:port, "
+                          f"got {spec.url!r}")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigError(f"{spec.source}: url: bad port in {spec.url!r}")
+    http_scheme = "https" if parts.scheme == "wss" else "http"
+    metric = str(spec.metric) if spec.metric not in (None, "") else metric_path
+    if metric.startswith("/"):
+        metric_url = urlunsplit((http_scheme, parts.netloc, metric, "", ""))
+    elif re.match(r"^https?://", metric):
+        metric_url = metric
+    else:
+        raise ConfigError(f"{spec.source}: metric: expected a path or an http(s) URL, "
+                          f"got {spec.metric!r}")
+    try:
+        weight = float(spec.weight)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{spec.source}: weight: expected a number, got {spec.weight!r}")
+    if not weight > 0:
+        raise ConfigError(f"{spec.source}: weight: must be above zero, got {spec.weight!r}")
+    backend_id = str(spec.id).strip() if spec.id not in (None, "") else parts.netloc
+    if not re.match(r"^[A-Za-z0-9_.:\-\[\]]+$", backend_id):
+        raise ConfigError(f"{spec.source}: id: use letters, digits and . _ - : only, "
+                          f"got {backend_id!r}")
+    return BackendConfig(id=backend_id, url=url, metric_url=metric_url, weight=weight)
+
+
+def build(raw: RawConfig, require_backends: bool = True) -> Config:
+    """Validate `raw` into a `Config`, or raise `ConfigError` naming the first bad value."""
+    typed: dict[str, Any] = {}
+    for key, item in raw.values.items():
+        parser, field_name = SCHEMA[key]
+        try:
+            typed[field_name] = parser(item.value)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{item.source}: {key}: {e}")
+    metric_path = typed.pop("_metric_path", "/metric")
+    defaults = Config(backends=())
+    client_ka, backend_ka = defaults.client_keepalive, defaults.backend_keepalive
+    typed["client_keepalive"] = Keepalive(typed.pop("_client_ping", client_ka.ping_interval),
+                                          typed.pop("_client_pong", client_ka.pong_timeout))
+    typed["backend_keepalive"] = Keepalive(typed.pop("_backend_ping", backend_ka.ping_interval),
+                                           typed.pop("_backend_pong", backend_ka.pong_timeout))
+    backends = tuple(_build_backend(spec, metric_path) for spec in raw.backends)
+    seen: dict[str, str] = {}
+    for spec, backend in zip(raw.backends, backends, strict=True):
+        if backend.id in seen:
+            raise ConfigError(f"{spec.source}: id: {backend.id!r} is used twice")
+        seen[backend.id] = spec.source
+    if require_backends and not backends:
+        raise ConfigError("configuration: backends: at least one backend is needed "
+                          "(config file `backends:`, BE_URLS or --backend)")
+    config = replace(defaults, backends=backends, ignored=tuple(raw.ignored), **typed)
+    for leg, keepalive in (("client", config.client_keepalive),
+                           ("backend", config.backend_keepalive)):
+        if keepalive.ping_interval and not keepalive.pong_timeout:
+            raise ConfigError(f"configuration: keepalive.{leg}.pong_timeout: must be above "
+                              f"zero when ping_interval is set")
+    return config
+
+
+def load(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Iterable[tuple[str, Any, str]] = (),
+    backends: Iterable[str] = (),
+) -> Config:
+    """Load the file (optional), then the environment, then flag overrides, and validate.
+
+    `overrides` are (dotted key, value, source) triples; `backends` are URLs given as flags,
+    `id=url` allowed, which replace any from the file or environment.
+    """
+    env = os.environ if environ is None else environ
+    raw = RawConfig()
+    path = path or env.get(ENV_PREFIX + "CONFIG") or None
+    if path:
+        read_file(raw, path)
+    read_environment(raw, env)
+    flag_backends = list(backends)
+    if flag_backends:
+        raw.backends = []
+        _env_backends(raw, ",".join(flag_backends), None, "flag --backend")
+    for key, value, source in overrides:
+        raw.set(key, value, source)
+    return build(raw)

@@ -1,0 +1,214 @@
+"""Opening the backend leg: endpoint (TCP or TLS), the handshake request, its outcome."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketClientFactory
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateResponse,
+    PerMessageDeflateResponseAccept,
+)
+from twisted.internet import defer, ssl
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+
+from .config import BackendConfig, Config
+
+
+class BackendHandshakeError(Exception):
+    """The backend answered the handshake with something other than 101."""
+
+    def __init__(self, status: int | None, reason: str) -> None:
+        super().__init__(f"HTTP {status} {reason}" if status else reason)
+        self.status = status
+        self.reason = reason
+
+
+class BackendConnectError(Exception):
+    """The backend leg could not be opened (connect failure, timeout, lost mid-handshake)."""
+
+
+def accept_deflate_response(response: Any) -> Any:
+    """Accept the backend's permessage-deflate answer to our offer."""
+    if isinstance(response, PerMessageDeflateResponse):
+        return PerMessageDeflateResponseAccept(response)
+    return None
+
+
+def backend_resource(backend_url: str, client_uri: str) -> str:
+    """The request target on the backend: its URL's path as a prefix of the client's."""
+    prefix = urlsplit(backend_url).path.rstrip("/")
+    target = client_uri if client_uri.startswith("/") else "/" + client_uri
+    return prefix + target
+
+
+def tls_options(hostname: str, config: Config) -> Any:
+    """Client TLS options for a wss:// backend: verified (service-identity) unless turned off."""
+    if not config.tls_verify:
+        return ssl.CertificateOptions(verify=False)
+    trust_root: Any = None
+    if config.tls_ca_file:
+        with open(config.tls_ca_file, "rb") as f:
+            pem = f.read()
+        certs = [
+            ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + chunk)
+            for chunk in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
+        ]
+        trust_root = ssl.trustRootFromCertificates(certs)
+    return ssl.optionsForClientTLS(hostname, trustRoot=trust_root)
+
+
+class _DialFactory(Factory):
+    """Builds the one protocol of one dial and hands it the dial it belongs to."""
+
+    noisy = False
+
+    def __init__(self, ws_factory: WebSocketClientFactory, dial: BackendDial) -> None:
+        self.ws_factory = ws_factory
+        self.dial = dial
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = self.ws_factory.buildProtocol(addr)
+        protocol.dial = self.dial
+        self.dial.protocol = protocol
+        return protocol
+
+
+class BackendDial:
+    """One attempt at the backend leg; `deferred` fires with the open protocol."""
+
+    def __init__(self) -> None:
+        self.deferred: defer.Deferred[Any] = defer.Deferred(self._cancel)
+        self.protocol: Any = None
+        self.connecting: defer.Deferred[Any] | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether the outcome is still unknown."""
+        return not self.deferred.called
+
+    def opened(self, protocol: Any) -> None:
+        """The backend answered 101."""
+        if self.pending:
+            self.deferred.callback(protocol)
+
+    def failed(self, error: Exception) -> None:
+        """The dial ended without an open leg."""
+        if self.pending:
+            self.deferred.errback(error)
+
+    def _cancel(self, _: Any) -> None:
+        if self.connecting is not None and not self.connecting.called:
+            self.connecting.cancel()
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.abortConnection()
+
+
+class BackendDialer:
+    """Dials backends; one Autobahn client factory per backend, copied per dial."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: Config,
+        protocol_class: type,
+        clock: Any = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = clock or reactor
+        self.config = config
+        self.protocol_class = protocol_class
+        self._factories: dict[str, tuple[BackendConfig, WebSocketClientFactory, Callable[[], Any]]]
+        self._factories = {}
+
+    def _prepared(self, backend: BackendConfig) -> tuple[WebSocketClientFactory, Callable[[], Any]]:
+        cached = self._factories.get(backend.id)
+        if cached is not None and cached[0] == backend:
+            return cached[1], cached[2]
+        config = self.config
+        factory = WebSocketClientFactory(backend.url)
+        factory.protocol = self.protocol_class
+        keepalive = config.backend_keepalive
+        factory.setProtocolOptions(
+            openHandshakeTimeout=config.backend_handshake_timeout,
+            closeHandshakeTimeout=config.close_timeout,
+            autoPingInterval=keepalive.ping_interval,
+            autoPingTimeout=keepalive.pong_timeout,
+            maxMessagePayloadSize=config.max_message_size,
+            maxFramePayloadSize=config.max_frame_size,
+            failByDrop=False,
+            echoCloseCodeReason=True,
+            perMessageCompressionAccept=accept_deflate_response,
+            tcpNoDelay=True,
+        )
+        factory.useragent = None  # the client's own User-Agent is forwarded instead
+        factory.noisy = False
+        parts = urlsplit(backend.url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+
+        def endpoint() -> IStreamClientEndpoint:
+            timeout = config.backend_connect_timeout
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                ep: IStreamClientEndpoint = HostnameEndpoint(self.reactor, host, port, timeout)
+            else:
+                cls = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
+                ep = cls(self.reactor, host, port, timeout)
+            if parts.scheme == "wss":
+                ep = wrapClientTLS(tls_options(host, config), ep)
+            return ep
+
+        self._factories[backend.id] = (backend, factory, endpoint)
+        return factory, endpoint
+
+    def dial(
+        self,
+        backend: BackendConfig,
+        resource: str,
+        headers: dict[str, str],
+        origin: str | None,
+        protocols: list[str],
+        offer_deflate: bool,
+        session: Any,
+    ) -> defer.Deferred[Any]:
+        """Open the backend leg; fires with the open protocol, or fails with
+        BackendHandshakeError / BackendConnectError."""
+        base, endpoint = self._prepared(backend)
+        factory = copy.copy(base)
+        factory.resource = resource
+        factory.headers = headers
+        factory.origin = origin
+        factory.protocols = protocols
+        factory.perMessageCompressionOffers = [PerMessageDeflateOffer()] if offer_deflate else []
+        dial = BackendDial()
+        dial.session = session  # type: ignore[attr-defined]
+        connecting = endpoint().connect(_DialFactory(factory, dial))
+        dial.connecting = connecting
+
+        def connect_failed(failure: Any) -> None:
+            if not failure.check(defer.CancelledError):
+                dial.failed(BackendConnectError(_reason(failure.value)))
+
+        connecting.addErrback(connect_failed)
+        timeout = self.config.backend_connect_timeout + self.config.backend_handshake_timeout
+        dial.deferred.addTimeout(timeout, self.clock)
+        return dial.deferred
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip() or error.__class__.__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,85 @@
+"""Which handshake headers cross the balancer, in each direction. Pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .config import HANDSHAKE_HEADERS, Config
+
+# The backend leg's client writes these itself on every request.
+_WRITTEN_BY_BACKEND_LEG = frozenset({"pragma", "cache-control"})
+
+
+def parse_raw_headers(head: bytes) -> list[tuple[str, str]]:
+    """(name, value) pairs in order, duplicates kept, from a raw HTTP head."""
+    lines = head.decode("iso-8859-1").split("\r\n")[1:]
+    pairs: list[tuple[str, str]] = []
+    for line in lines:
+        if not line:
+            continue
+        if line[0] in " \t" and pairs:  # obsolete line folding
+            name, value = pairs[-1]
+            pairs[-1] = (name, f"{value} {line.strip()}")
+            continue
+        name, sep, value = line.partition(":")
+        if sep:
+            pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def canonical(name: str) -> str:
+    """`x-request-id` -> `X-Request-Id`."""
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
+def backend_request_headers(
+    client_headers: Iterable[tuple[str, str]],
+    config: Config,
+    peer_host: str,
+    client_is_tls: bool,
+) -> dict[str, str]:
+    """The extra headers of the backend leg's handshake request.
+
+    The client's own headers pass unless they belong to the handshake, are blocked or are
+    not in the forward list; X-Forwarded-For gets the client's address (appended to the
+    incoming chain only when that chain is trusted), X-Forwarded-Proto and -Host are set.
+    """
+    forward_all = "*" in config.forward_headers
+    allowed = set(config.forward_headers)
+    blocked = set(config.block_headers) | {config.reconnect_header.lower()}
+    merged: dict[str, list[str]] = {}
+    names: dict[str, str] = {}
+    incoming: dict[str, str] = {}
+    for name, value in client_headers:
+        lname = name.lower()
+        if lname.startswith("x-forwarded-") or lname == "host":
+            incoming[lname] = value
+        if lname in HANDSHAKE_HEADERS or lname in _WRITTEN_BY_BACKEND_LEG or lname in blocked:
+            continue
+        if not forward_all and lname not in allowed:
+            continue
+        names.setdefault(lname, canonical(name))
+        merged.setdefault(lname, []).append(value)
+    out = {names[k]: ("; " if k == "cookie" else ", ").join(v) for k, v in merged.items()}
+    chain = incoming.get("x-forwarded-for") if config.trust_x_forwarded_for else None
+    out["X-Forwarded-For"] = f"{chain}, {peer_host}" if chain else peer_host
+    proto = incoming.get("x-forwarded-proto") if config.trust_x_forwarded_for else None
+    out["X-Forwarded-Proto"] = proto or ("https" if client_is_tls else "http")
+    host = incoming.get("x-forwarded-host") if config.trust_x_forwarded_for else None
+    host = host or incoming.get("host")
+    if host:
+        out["X-Forwarded-Host"] = host
+    return out
+
+
+def pass_back_headers(
+    backend_headers: Iterable[tuple[str, str]], config: Config
+) -> dict[str, list[str]]:
+    """Headers of the backend's 101 that go back to the client (e.g. Set-Cookie)."""
+    wanted = set(config.pass_back_headers)
+    out: dict[str, list[str]] = {}
+    for name, value in backend_headers:
+        lname = name.lower()
+        if lname in wanted and lname not in HANDSHAKE_HEADERS:
+            out.setdefault(canonical(name), []).append(value)
+    return out

@@ -1,0 +1,270 @@
+"""Backend state and the least-loaded pick: plain Python, no I/O, time passed in.
+
+A backend's load is the connection count it reported on its metric endpoint (the fleet-wide
+truth, including other balancer instances) plus what this instance opened and closed since
+that report was requested, plus the dials in flight. A failed report is never read as zero:
+the backend is flagged stale and keeps its last estimate, or falls back to this instance's
+own count once the report is older than the count TTL.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import BackendConfig
+
+UP, DOWN = "up", "down"
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+
+@dataclass
+class PodInfo:
+    """What a backend said about itself on its metric endpoint."""
+
+    agents_connections: int
+    pod_name: str | None = None
+    pod_ip: str | None = None
+    node_name: str | None = None
+
+
+@dataclass
+class BackendState:
+    """One backend as this instance sees it."""
+
+    config: BackendConfig
+    reported: int | None = None
+    reported_at: float | None = None
+    delta: int = 0  # sessions opened minus closed here since the last report was requested
+    dialing: int = 0
+    local_sessions: int = 0
+    stale: bool = False
+    pod: PodInfo | None = None
+    last_poll_at: float | None = None
+    last_poll_error: str | None = None
+    health: str = UP
+    health_confirmed: bool = False
+    poll_failures: int = 0
+    poll_successes: int = 0
+    breaker: str = CLOSED
+    connect_failures: int = 0
+    breaker_opens: int = 0
+    breaker_until: float = 0.0
+    enabled: bool = True
+    draining: bool = False
+    picks: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """The backend's id."""
+        return self.config.id
+
+    def estimate(self, now: float, count_ttl: float) -> int:
+        """Connections on this backend as best known now."""
+        if self.reported is not None and self.reported_at is not None and (
+            now - self.reported_at <= count_ttl
+        ):
+            base = self.reported + self.delta
+        else:
+            base = self.local_sessions
+        return max(base, 0) + self.dialing
+
+
+class BackendPool:
+    """The backends of one pool, their health, breakers and counts, and the pick."""
+
+    def __init__(
+        self,
+        backends: Iterable[BackendConfig],
+        seconds: Callable[[], float],
+        strategy: str = "least-loaded",
+        count_ttl: float = 30.0,
+        fall: int = 3,
+        rise: int = 2,
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 10.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.seconds = seconds
+        self.strategy = strategy
+        self.count_ttl = count_ttl
+        self.fall = fall
+        self.rise = rise
+        self.breaker_threshold = breaker_threshold
+        self.breaker_cooldown = breaker_cooldown
+        self.rng = rng or random.Random()
+        self.backends: dict[str, BackendState] = {}
+        self._rr_weights: dict[str, float] = {}
+        self.on_state_change: Callable[[BackendState, str, str], None] | None = None
+        for config in backends:
+            self.add(config)
+
+    # --- membership -------------------------------------------------------------------
+
+    def add(self, config: BackendConfig) -> BackendState:
+        """Add a backend (or replace the config of one with the same id, keeping its counts)."""
+        existing = self.backends.get(config.id)
+        if existing is not None:
+            existing.config = config
+            return existing
+        state = BackendState(config=config)
+        self.backends[config.id] = state
+        return state
+
+    def remove(self, backend_id: str) -> BackendState:
+        """Forget a backend; its open sessions keep their own reference."""
+        self._rr_weights.pop(backend_id, None)
+        return self.backends.pop(backend_id)
+
+    # --- the pick ---------------------------------------------------------------------
+
+    def usable(self, backend: BackendState) -> bool:
+        """Whether a new session may go to this backend now."""
+        if not backend.enabled or backend.draining or backend.health != UP:
+            return False
+        if backend.breaker == OPEN:
+            if self.seconds() < backend.breaker_until:
+                return False
+            self._set_breaker(backend, HALF_OPEN)
+        if backend.breaker == HALF_OPEN:
+            return backend.dialing == 0  # one trial dial at a time
+        return True
+
+    def candidates(self, exclude: Iterable[str] = ()) -> list[BackendState]:
+        """Usable backends, less the excluded ids."""
+        skip = set(exclude)
+        return [b for b in self.backends.values() if b.id not in skip and self.usable(b)]
+
+    def load(self, backend: BackendState) -> float:
+        """Weighted load: the estimate divided by the weight."""
+        return backend.estimate(self.seconds(), self.count_ttl) / backend.config.weight
+
+    def pick(self, exclude: Iterable[str] = ()) -> BackendState | None:
+        """The backend for a new session by the pool's strategy, or None if none is usable."""
+        choices = self.candidates(exclude)
+        if not choices:
+            return None
+        if self.strategy == "round-robin":
+            chosen = self._pick_round_robin(choices)
+        elif self.strategy == "power-of-two" and len(choices) > 2:
+            chosen = self._least_loaded(self.rng.sample(choices, 2))
+        else:
+            chosen = self._least_loaded(choices)
+        chosen.picks += 1
+        return chosen
+
+    def _least_loaded(self, choices: Sequence[BackendState]) -> BackendState:
+        loads = [(self.load(b), b) for b in choices]
+        lowest = min(load for load, _ in loads)
+        tied = [b for load, b in loads if load == lowest]
+        return tied[0] if len(tied) == 1 else self.rng.choice(tied)
+
+    def _pick_round_robin(self, choices: Sequence[BackendState]) -> BackendState:
+        # Smooth weighted round robin: every candidate gains its weight, the leader pays the total.
+        total = 0.0
+        best = None
+        for b in choices:
+            current = self._rr_weights.get(b.id, 0.0) + b.config.weight
+            self._rr_weights[b.id] = current
+            total += b.config.weight
+            if best is None or current > self._rr_weights[best.id]:
+                best = b
+        assert best is not None
+        self._rr_weights[best.id] -= total
+        return best
+
+    # --- session accounting -----------------------------------------------------------
+
+    def dial_started(self, backend: BackendState) -> None:
+        """A session is being dialled to this backend: count it now so a burst spreads."""
+        backend.dialing += 1
+
+    def dial_succeeded(self, backend: BackendState) -> None:
+        """The backend accepted the session."""
+        backend.dialing -= 1
+        backend.delta += 1
+        backend.local_sessions += 1
+        backend.connect_failures = 0
+        if backend.breaker != CLOSED:
+            backend.breaker_opens = 0
+            self._set_breaker(backend, CLOSED)
+
+    def dial_failed(self, backend: BackendState, counts_against_breaker: bool) -> None:
+        """The dial failed; connect errors, timeouts and 5xx count towards the breaker."""
+        backend.dialing -= 1
+        if not counts_against_breaker:
+            return
+        backend.connect_failures += 1
+        if backend.breaker == HALF_OPEN or (
+            backend.breaker == CLOSED and backend.connect_failures >= self.breaker_threshold
+        ):
+            backend.breaker_opens += 1
+            # Back off: each consecutive reopening doubles the wait, up to 16 cool-downs.
+            factor = 2 ** min(backend.breaker_opens - 1, 4)
+            backend.breaker_until = self.seconds() + self.breaker_cooldown * factor
+            self._set_breaker(backend, OPEN)
+
+    def session_closed(self, backend: BackendState) -> None:
+        """A session that was open on this backend ended."""
+        backend.delta -= 1
+        backend.local_sessions -= 1
+
+    # --- count reports ----------------------------------------------------------------
+
+    def poll_started(self, backend: BackendState) -> int:
+        """A count request is going out; returns the token to hand back with its result."""
+        return backend.delta
+
+    def poll_succeeded(self, backend: BackendState, token: int, pod: PodInfo) -> None:
+        """The backend reported its count: it replaces the estimate."""
+        now = self.seconds()
+        backend.reported = pod.agents_connections
+        backend.reported_at = now
+        # Sessions opened or closed while the request was in flight are not in the report.
+        backend.delta -= token
+        backend.pod = pod
+        backend.stale = False
+        backend.last_poll_at = now
+        backend.last_poll_error = None
+        backend.poll_failures = 0
+        backend.poll_successes += 1
+        if backend.health == DOWN and backend.poll_successes >= self.rise:
+            self._set_health(backend, UP)
+        backend.health_confirmed = backend.health == UP
+
+    def poll_failed(self, backend: BackendState, error: str) -> None:
+        """The count could not be read: stale, and after `fall` failures (or a first one
+        before any success) the backend is down."""
+        backend.stale = True
+        backend.last_poll_at = self.seconds()
+        backend.last_poll_error = error
+        backend.poll_successes = 0
+        backend.poll_failures += 1
+        if backend.health == UP and (
+            backend.poll_failures >= self.fall or not backend.health_confirmed
+        ):
+            self._set_health(backend, DOWN)
+
+    # --- state changes ----------------------------------------------------------------
+
+    def _set_health(self, backend: BackendState, health: str) -> None:
+        old, backend.health = backend.health, health
+        if self.on_state_change is not None and old != health:
+            self.on_state_change(backend, "health", health)
+
+    def _set_breaker(self, backend: BackendState, breaker: str) -> None:
+        old, backend.breaker = backend.breaker, breaker
+        if self.on_state_change is not None and old != breaker:
+            self.on_state_change(backend, "breaker", breaker)
+
+    def any_usable(self) -> bool:
+        """Whether a new session could be placed now (readiness)."""
+        return any(
+            b.enabled and not b.draining and b.health == UP and b.breaker != OPEN
+            or (b.breaker == OPEN and self.seconds() >= b.breaker_until and b.health == UP
+                and b.enabled and not b.draining)
+            for b in self.backends.values()
+        )

@@ -1,0 +1,207 @@
+"""Service assembly: `twistd wsbalancer` options and `makeService`.
+
+Only `makeService` touches the global reactor; `build_service` takes it as an argument, which
+is also the public entry point for programs embedding the balancer.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    _HTTP11ClientFactory,
+)
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from . import logs
+from .admin import admin_site
+from .balancer import Balancer
+from .config import Config, ConfigError, load
+from .dialer import tls_options
+from .poller import CountPoller
+
+log = logs.logger("wsbalancer")
+
+# Flags that set one configuration key each: (flag, key, help).
+FLAG_KEYS = [
+    ("admin-listen", "admin.listen", "Admin endpoint (default tcp:8081:interface=127.0.0.1)."),
+    ("strategy", "balancing.strategy", "least-loaded, power-of-two or round-robin."),
+    ("poll-interval", "balancing.poll_interval", "How often backend counts are read, e.g. 2s."),
+    ("log-level", "log.level", "debug, info, warn, error."),
+]
+
+
+class Options(usage.Options):
+    """`twistd wsbalancer` options; configuration is file < environment < these flags."""
+
+    synopsis = "[--config FILE] [--listen ENDPOINT]... [--backend [ID=]URL]... [--set KEY=VALUE]..."
+    optParameters = [
+        ["config", "c", None, "YAML configuration file (also WSBALANCER_CONFIG)."],
+        *[[flag, None, None, text] for flag, _, text in FLAG_KEYS],
+    ]
+    longdesc = (
+        "Relays every WebSocket session to the least-loaded backend. Environment variables "
+        "override the file (WSBALANCER_SECTION__KEY, or the seed balancer's FE_ADDR, BE_URLS, "
+        "...); flags override both. See README.md for every key."
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["backend"] = []
+        self["set"] = []
+        self.loaded: Config | None = None
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Client endpoint, e.g. tcp:8080 or :8080 (repeatable)."""
+        self["listen"].append(endpoint)
+
+    def opt_backend(self, url: str) -> None:
+        """Backend ws:// or wss:// URL, optionally ID=URL (repeatable; replaces others)."""
+        self["backend"].append(url)
+
+    def opt_set(self, assignment: str) -> None:
+        """Any configuration key, e.g. --set timeouts.idle=5m (repeatable)."""
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise usage.UsageError(f"--set expects KEY=VALUE, got {assignment!r}")
+        self["set"].append((key.strip(), value))
+
+    def overrides(self) -> list[tuple[str, Any, str]]:
+        """The flags as (key, value, source) triples."""
+        out: list[tuple[str, Any, str]] = []
+        if self["listen"]:
+            out.append(("listen", list(self["listen"]), "flag --listen"))
+        for flag, key, _ in FLAG_KEYS:
+            if self[flag] is not None:
+                out.append((key, self[flag], f"flag --{flag}"))
+        out += [(key, value, f"flag --set {key}") for key, value in self["set"]]
+        return out
+
+    def postOptions(self) -> None:
+        try:
+            self.loaded = load(self["config"], overrides=self.overrides(),
+                               backends=self["backend"])
+        except ConfigError as e:
+            # One clear line and a non-zero exit, before anything is started.
+            sys.stderr.write(f"wsbalancer: {e}\n")
+            raise SystemExit(2)
+
+
+class _QuietHTTPFactory(_HTTP11ClientFactory):
+    noisy = False  # one connection per backend per poll interval would flood the log
+
+
+@implementer(IPolicyForHTTPS)
+class _MetricTLSPolicy:
+    """TLS for https:// metric URLs, with the same verification rules as wss:// backends."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.default = BrowserLikePolicyForHTTPS()
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return tls_options(hostname.decode("ascii"), self.config)
+
+
+class BalancerService(MultiService):
+    """The balancer's services: listeners, the count poller, the admin site."""
+
+    def __init__(self, balancer: Balancer) -> None:
+        super().__init__()
+        self.balancer = balancer
+        self.listeners: list[ListenerService] = []
+        self.admin: ListenerService | None = None
+        self.poller: CountPoller | None = None
+
+    def startService(self) -> None:
+        config = self.balancer.config
+        for name in config.ignored:
+            log.info("{name} has no effect in wsbalancer and is ignored", name=name)
+        super().startService()
+        log.info("wsbalancer relaying {listen} to {backends} ({strategy}); admin on {admin}",
+                 listen=", ".join(config.listen),
+                 backends=", ".join(f"{b.id}={b.url}" for b in config.backends),
+                 strategy=config.strategy, admin=config.admin_listen)
+
+
+class ListenerService(StreamServerEndpointService):
+    """A listening endpoint; a taken port fails start-up loudly."""
+
+    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+        super().__init__(serverFromString(reactor, description), factory)
+        self.description = description
+        self._raiseSynchronously = True
+
+    def listening(self) -> Deferred[Any]:
+        """Fires with the IListeningPort once listening (to learn a port-0 address)."""
+        waiting = self._waitingForPort
+        if waiting is None:
+            raise RuntimeError("the listener has not been started")
+        result: Deferred[Any] = Deferred()
+
+        def fire(port: Any) -> Any:
+            result.callback(port)
+            return port
+
+        waiting.addCallback(fire)
+        return result
+
+
+def build_service(config: Config, reactor: Any) -> BalancerService:
+    """The whole balancer as a MultiService, for twistd or for embedding."""
+    logs.set_level(config.log_level)
+    balancer = Balancer(config, reactor)
+    top = BalancerService(balancer)
+    factory = balancer.server_factory()
+    for description in config.listen:
+        listener = ListenerService(reactor, description, factory)
+        listener.setServiceParent(top)
+        top.listeners.append(listener)
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = _QuietHTTPFactory
+    pool.maxPersistentPerHost = 1
+    pool.cachedConnectionTimeout = max(30.0, config.poll_interval * 3)
+    agent = Agent(reactor, contextFactory=_MetricTLSPolicy(config), pool=pool,
+                  connectTimeout=config.fetch_timeout)
+    poller = CountPoller(balancer.pool, HTTPClient(agent), reactor, config.fetch_timeout,
+                         on_result=balancer.poll_result)
+    timer = TimerService(config.poll_interval, poller.poll_once)
+    timer.clock = reactor
+    timer.setServiceParent(top)
+    top.poller = poller
+
+    if config.idle_timeout:
+        sweeper = TimerService(config.idle_timeout, balancer.sweep_idle)
+        sweeper.clock = reactor
+        sweeper.setServiceParent(top)
+
+    admin = ListenerService(reactor, config.admin_listen, admin_site(balancer))
+    admin.setServiceParent(top)
+    top.admin = admin
+    return top
+
+
+def makeService(options: Options, reactor: Any = None) -> BalancerService:
+    """twistd's entry point."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    config = options.loaded
+    if config is None:
+        config = load(options["config"], overrides=options.overrides(),
+                      backends=options["backend"])
+    return build_service(config, reactor)
