@@ -14,6 +14,7 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 from twisted.web.client import (
     Agent,
@@ -124,12 +125,29 @@ class BalancerService(MultiService):
         self.listeners: list[ListenerService] = []
         self.admin: ListenerService | None = None
         self.poller: CountPoller | None = None
+        # Under twistd a listener that cannot bind ends the process with one clear line;
+        # an embedding program gets the exception instead.
+        self.exit_on_listen_error = False
+
+    def privilegedStartService(self) -> None:
+        # twistd binds ports here, before it drops privileges.
+        self._binding(super().privilegedStartService)
+
+    def _binding(self, start: Any) -> None:
+        try:
+            start()
+        except CannotListenError as e:
+            if not self.exit_on_listen_error:
+                raise
+            where = f"{e.interface or '*'}:{e.port}"
+            sys.stderr.write(f"wsbalancer: cannot listen on {where}: {e.socketError}\n")
+            raise SystemExit(1)
 
     def startService(self) -> None:
         config = self.balancer.config
         for name in config.ignored:
             log.info("{name} has no effect in wsbalancer and is ignored", name=name)
-        super().startService()
+        self._binding(super().startService)
         log.info("wsbalancer relaying {listen} to {backends} ({strategy}); admin on {admin}",
                  listen=", ".join(config.listen),
                  backends=", ".join(f"{b.id}={b.url}" for b in config.backends),
@@ -204,4 +222,6 @@ def makeService(options: Options, reactor: Any = None) -> BalancerService:
     if config is None:
         config = load(options["config"], overrides=options.overrides(),
                       backends=options["backend"])
-    return build_service(config, reactor)
+    service = build_service(config, reactor)
+    service.exit_on_listen_error = True
+    return service

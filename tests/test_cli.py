@@ -1,0 +1,102 @@
+"""The twistd plugin as an operator runs it: help, bad config, taken port, env-only start."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wsbalancer.conformance import free_port, processes, wait_port
+
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WSBALANCER_")}
+    env.update(extra)
+    return env
+
+
+def _twistd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TWISTD, "-n", "--pidfile=", "wsbalancer", *args], capture_output=True,
+                          text=True, timeout=60, env=env or _env())
+
+
+def test_help_lists_the_options() -> None:
+    result = _twistd("--help")
+    assert result.returncode == 0
+    for option in ("--config", "--listen", "--backend", "--admin-listen", "--strategy", "--set"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("backends: [{url: 'ftp://x'}]", "backends[0]: url: expected ws://host:port"),
+    ("backends: ['ws://a:1']\nbalancing: {strategy: fastest}", "balancing.strategy: expected one of"),
+    ("backends: ['ws://a:1']\ntimeouts: {idle: soon}", "timeouts.idle: expected a duration"),
+    ("backends: [\n  'ws://a:1'", "not valid YAML"),
+    ("backends: ['ws://a:1']\nlisten_port: 8080", "listen_port: unknown key"),
+])
+def test_a_broken_config_exits_non_zero_with_one_clear_line(tmp_path: Path, content: str,
+                                                           expected: str) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(content)
+    result = _twistd("--config", str(path))
+    assert result.returncode != 0
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"wsbalancer: file {path}: ")
+    assert expected in lines[0]
+
+
+def test_a_bad_environment_value_names_the_variable() -> None:
+    result = _twistd(env=_env(BE_URLS="ws://a:1", WSBALANCER_BALANCING__POLL_INTERVAL="0s"))
+    assert result.returncode != 0
+    assert result.stderr.strip() == (
+        "wsbalancer: environment WSBALANCER_BALANCING__POLL_INTERVAL: balancing.poll_interval: "
+        "must be above zero, got '0s'")
+
+
+def test_a_taken_port_fails_start_up_with_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _twistd("--listen", f"tcp:{port}:interface=127.0.0.1",
+                         "--admin-listen", f"tcp:{free_port()}:interface=127.0.0.1",
+                         "--backend", "ws://127.0.0.1:1")
+    assert result.returncode == 1
+    assert f"wsbalancer: cannot listen on 127.0.0.1:{port}" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_seed_environment_alone_is_enough_to_relay() -> None:
+    import json
+    import urllib.request
+
+    backend_port, port, admin = free_port(), free_port(), free_port()
+    with processes() as children:
+        backend = subprocess.Popen([str(Path(sys.executable).parent / "wsbalancer-demo-backend"),
+                                    "--port", str(backend_port)], stdout=subprocess.DEVNULL)
+        children.append(backend)
+        wait_port(backend_port, process=backend)
+        balancer = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "wsbalancer"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=_env(BE_URLS=f"ws://127.0.0.1:{backend_port}", BE_URL_IDS="only",
+                     FE_ADDR=f"127.0.0.1:{port}", ADM_ADDR=f"127.0.0.1:{admin}"))
+        children.append(balancer)
+        wait_port(port, process=balancer)
+        wait_port(admin, process=balancer)
+        from websockets.sync.client import connect
+
+        with connect(f"ws://127.0.0.1:{port}/echo") as ws:
+            ws.send("through twistd")
+            assert ws.recv(timeout=10) == "through twistd"
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/balancer-metrics") as r:
+                doc = json.load(r)
+        assert [b["id"] for b in doc["backends"]] == ["only"]
+        assert doc["backends"][0]["localSessions"] == 1
