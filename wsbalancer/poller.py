@@ -69,7 +69,6 @@ class CountPoller:
     def poll_backend(self, backend: BackendState) -> Deferred[None]:
         """Fetch one backend's count and apply the result; never fails."""
         started = self.clock.seconds()
-        token = self.pool.poll_started(backend)
         d = ensureDeferred(self._fetch(backend.config.metric_url))
         d.addTimeout(self.timeout, self.clock)
 
@@ -77,7 +76,7 @@ class CountPoller:
             if backend.id not in self.pool.backends:
                 return
             was_stale = backend.stale
-            self.pool.poll_succeeded(backend, token, pod)
+            self.pool.poll_succeeded(backend, pod)
             if was_stale:
                 self.log.info("backend {backend} metric endpoint answers again",
                               backend=backend.id)

@@ -1,10 +1,13 @@
 """Backend state and the least-loaded pick: plain Python, no I/O, time passed in.
 
-A backend's load is the connection count it reported on its metric endpoint (the fleet-wide
-truth, including other balancer instances) plus what this instance opened and closed since
-that report was requested, plus the dials in flight. A failed report is never read as zero:
-the backend is flagged stale and keeps its last estimate, or falls back to this instance's
-own count once the report is older than the count TTL.
+A backend's load is this instance's own sessions on it (known exactly, dials in flight
+included, so a burst spreads) plus the sessions of everyone else: the count the backend last
+reported on its metric endpoint (the fleet-wide truth) less this instance's sessions when that
+report arrived. Reading only "everyone else" from the report keeps a report that raced with
+our own opens and closes from counting them twice (a session we closed since the previous
+report may still be in the backend's count, so it is not taken for someone else's). A failed report is never read as zero: the
+backend is flagged stale and keeps its last estimate, or falls back to this instance's own
+count once the report is older than the count TTL.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ class BackendState:
     config: BackendConfig
     reported: int | None = None
     reported_at: float | None = None
-    delta: int = 0  # sessions opened minus closed here since the last report was requested
+    others: int = 0  # sessions of other balancer instances, as of the last report
+    closed_since_report: int = 0
     dialing: int = 0
     local_sessions: int = 0
     stale: bool = False
@@ -64,13 +68,8 @@ class BackendState:
 
     def estimate(self, now: float, count_ttl: float) -> int:
         """Connections on this backend as best known now."""
-        if self.reported is not None and self.reported_at is not None and (
-            now - self.reported_at <= count_ttl
-        ):
-            base = self.reported + self.delta
-        else:
-            base = self.local_sessions
-        return max(base, 0) + self.dialing
+        fresh = self.reported_at is not None and now - self.reported_at <= count_ttl
+        return self.local_sessions + self.dialing + (self.others if fresh else 0)
 
 
 class BackendPool:
@@ -185,7 +184,6 @@ class BackendPool:
     def dial_succeeded(self, backend: BackendState) -> None:
         """The backend accepted the session."""
         backend.dialing -= 1
-        backend.delta += 1
         backend.local_sessions += 1
         backend.connect_failures = 0
         if backend.breaker != CLOSED:
@@ -209,22 +207,19 @@ class BackendPool:
 
     def session_closed(self, backend: BackendState) -> None:
         """A session that was open on this backend ended."""
-        backend.delta -= 1
         backend.local_sessions -= 1
+        backend.closed_since_report += 1
 
     # --- count reports ----------------------------------------------------------------
 
-    def poll_started(self, backend: BackendState) -> int:
-        """A count request is going out; returns the token to hand back with its result."""
-        return backend.delta
-
-    def poll_succeeded(self, backend: BackendState, token: int, pod: PodInfo) -> None:
-        """The backend reported its count: it replaces the estimate."""
+    def poll_succeeded(self, backend: BackendState, pod: PodInfo) -> None:
+        """The backend reported its count: what is not ours belongs to everyone else."""
         now = self.seconds()
         backend.reported = pod.agents_connections
         backend.reported_at = now
-        # Sessions opened or closed while the request was in flight are not in the report.
-        backend.delta -= token
+        ours = backend.local_sessions + backend.closed_since_report
+        backend.others = max(0, pod.agents_connections - ours)
+        backend.closed_since_report = 0
         backend.pod = pod
         backend.stale = False
         backend.last_poll_at = now
