@@ -23,8 +23,9 @@ def aio(awaitable: Awaitable[Any]) -> defer.Deferred[Any]:
     return defer.Deferred.fromFuture(asyncio.ensure_future(awaitable))
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = TIMEOUT,
-                   what: str = "condition") -> Any:
+async def wait_for(
+    predicate: Callable[[], Any], timeout: float = TIMEOUT, what: str = "condition"
+) -> Any:
     """Check `predicate` on each reactor turn until true, failing after `timeout` seconds."""
     deadline = reactor.seconds() + timeout
     while True:
@@ -44,7 +45,7 @@ class RunningBackend:
         self.port = port
         self.tracker = tracker
         self.url = f"ws://127.0.0.1:{port.getHost().port}"
-        self.id = self.url[len("ws://"):]  # the balancer's default backend id is host:port
+        self.id = self.url[len("ws://") :]  # the balancer's default backend id is host:port
 
     @property
     def count(self) -> int:
@@ -57,8 +58,9 @@ class RunningBackend:
             connection.transport.abortConnection()
 
 
-def start_backend(name: str, protocol: type[DemoProtocol] = DemoProtocol,
-                  **kwargs: Any) -> RunningBackend:
+def start_backend(
+    name: str, protocol: type[DemoProtocol] = DemoProtocol, **kwargs: Any
+) -> RunningBackend:
     backend = DemoBackend(name, protocol=protocol, **kwargs)
     tracker = WrappingFactory(backend.site())  # to drop every connection, HTTP ones too
     port = reactor.listenTCP(0, tracker, interface="127.0.0.1")
@@ -86,9 +88,11 @@ class RunningBalancer:
 
 async def start_balancer(backend_urls: list[str], **settings: Any) -> RunningBalancer:
     """Start a balancer in this reactor; `settings` are dotted keys with `__` for dots."""
-    overrides = [("listen", "tcp:0:interface=127.0.0.1", "test"),
-                 ("admin.listen", "tcp:0:interface=127.0.0.1", "test"),
-                 ("balancing.poll_interval", "0.2s", "test")]
+    overrides = [
+        ("listen", "tcp:0:interface=127.0.0.1", "test"),
+        ("admin.listen", "tcp:0:interface=127.0.0.1", "test"),
+        ("balancing.poll_interval", "0.2s", "test"),
+    ]
     overrides += [(key.replace("__", "."), value, "test") for key, value in settings.items()]
     config = load(None, environ={}, overrides=overrides, backends=backend_urls)
     service = build_service(config, reactor)

@@ -49,8 +49,10 @@ async def test_malformed_handshake_gets_400() -> None:
     backend = start_backend("b1")
     lb = await start_balancer([backend.url])
     try:
-        request = (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   b"Sec-WebSocket-Version: 13\r\n\r\n")  # no Sec-WebSocket-Key
+        request = (
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )  # no Sec-WebSocket-Key
         answer = await aio(_raw_exchange(lb.port, request))
         assert answer.startswith(b"HTTP/1.1 400 Bad Request")
         assert backend.backend.handshakes == type(backend.backend.handshakes)()  # never dialled
@@ -97,8 +99,9 @@ async def test_a_client_that_does_not_read_pauses_the_backend_leg() -> None:
     lb = await start_balancer([backend.url])
     try:
         # max_queue=1: the client stops reading its socket while its queue is full.
-        ws = await aio(websockets.connect(lb.ws_url(), max_queue=1, max_size=None,
-                                          compression=None))
+        ws = await aio(
+            websockets.connect(lb.ws_url(), max_queue=1, max_size=None, compression=None)
+        )
         await aio(ws.send("flood"))
         session = await wait_for(lambda: next(iter(lb.balancer.sessions.values()), None))
         client_transport = session.client.transport

@@ -22,8 +22,13 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _twistd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TWISTD, "-n", "--pidfile=", "wsbalancer", *args], capture_output=True,
-                          text=True, timeout=60, env=env or _env())
+    return subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "wsbalancer", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env or _env(),
+    )
 
 
 def test_help_lists_the_options() -> None:
@@ -33,15 +38,22 @@ def test_help_lists_the_options() -> None:
         assert option in result.stdout
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("backends: [{url: 'ftp://x'}]", "backends[0]: url: expected ws://host:port"),
-    ("backends: ['ws://a:1']\nbalancing: {strategy: fastest}", "balancing.strategy: expected one of"),
-    ("backends: ['ws://a:1']\ntimeouts: {idle: soon}", "timeouts.idle: expected a duration"),
-    ("backends: [\n  'ws://a:1'", "not valid YAML"),
-    ("backends: ['ws://a:1']\nlisten_port: 8080", "listen_port: unknown key"),
-])
-def test_a_broken_config_exits_non_zero_with_one_clear_line(tmp_path: Path, content: str,
-                                                           expected: str) -> None:
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("backends: [{url: 'ftp://x'}]", "backends[0]: url: expected ws://host:port"),
+        (
+            "backends: ['ws://a:1']\nbalancing: {strategy: fastest}",
+            "balancing.strategy: expected one of",
+        ),
+        ("backends: ['ws://a:1']\ntimeouts: {idle: soon}", "timeouts.idle: expected a duration"),
+        ("backends: [\n  'ws://a:1'", "not valid YAML"),
+        ("backends: ['ws://a:1']\nlisten_port: 8080", "listen_port: unknown key"),
+    ],
+)
+def test_a_broken_config_exits_non_zero_with_one_clear_line(
+    tmp_path: Path, content: str, expected: str
+) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text(content)
     result = _twistd("--config", str(path))
@@ -57,7 +69,8 @@ def test_a_bad_environment_value_names_the_variable() -> None:
     assert result.returncode != 0
     assert result.stderr.strip() == (
         "wsbalancer: environment WSBALANCER_BALANCING__POLL_INTERVAL: balancing.poll_interval: "
-        "must be above zero, got '0s'")
+        "must be above zero, got '0s'"
+    )
 
 
 def test_a_taken_port_fails_start_up_with_one_line() -> None:
@@ -65,9 +78,14 @@ def test_a_taken_port_fails_start_up_with_one_line() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = _twistd("--listen", f"tcp:{port}:interface=127.0.0.1",
-                         "--admin-listen", f"tcp:{free_port()}:interface=127.0.0.1",
-                         "--backend", "ws://127.0.0.1:1")
+        result = _twistd(
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--admin-listen",
+            f"tcp:{free_port()}:interface=127.0.0.1",
+            "--backend",
+            "ws://127.0.0.1:1",
+        )
     assert result.returncode == 1
     assert f"wsbalancer: cannot listen on 127.0.0.1:{port}" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -79,15 +97,27 @@ def test_seed_environment_alone_is_enough_to_relay() -> None:
 
     backend_port, port, admin = free_port(), free_port(), free_port()
     with processes() as children:
-        backend = subprocess.Popen([str(Path(sys.executable).parent / "wsbalancer-demo-backend"),
-                                    "--port", str(backend_port)], stdout=subprocess.DEVNULL)
+        backend = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "wsbalancer-demo-backend"),
+                "--port",
+                str(backend_port),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         children.append(backend)
         wait_port(backend_port, process=backend)
         balancer = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "wsbalancer"], stdout=subprocess.DEVNULL,
+            [TWISTD, "-n", "--pidfile=", "wsbalancer"],
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=_env(BE_URLS=f"ws://127.0.0.1:{backend_port}", BE_URL_IDS="only",
-                     FE_ADDR=f"127.0.0.1:{port}", ADM_ADDR=f"127.0.0.1:{admin}"))
+            env=_env(
+                BE_URLS=f"ws://127.0.0.1:{backend_port}",
+                BE_URL_IDS="only",
+                FE_ADDR=f"127.0.0.1:{port}",
+                ADM_ADDR=f"127.0.0.1:{admin}",
+            ),
+        )
         children.append(balancer)
         wait_port(port, process=balancer)
         wait_port(admin, process=balancer)

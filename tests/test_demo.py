@@ -26,10 +26,20 @@ def test_demo_starts_three_backends_and_spreads_sixty_clients_evenly() -> None:
     backends = [free_port() for _ in range(3)]
     with processes() as children:
         demo = subprocess.Popen(
-            [str(Path(sys.executable).parent / "wsbalancer-demo"), "--port", str(port),
-             "--admin-port", str(admin), "--page-port", str(page),
-             "--backend-ports", ",".join(map(str, backends))],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                str(Path(sys.executable).parent / "wsbalancer-demo"),
+                "--port",
+                str(port),
+                "--admin-port",
+                str(admin),
+                "--page-port",
+                str(page),
+                "--backend-ports",
+                ",".join(map(str, backends)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         children.append(demo)
         for p in (port, admin, page):
             wait_port(p, process=demo)
@@ -37,11 +47,13 @@ def test_demo_starts_three_backends_and_spreads_sixty_clients_evenly() -> None:
             assert b"new WebSocket(url)" in r.read()
 
         with ExitStack() as stack:
-            sequential = [stack.enter_context(connect(f"ws://127.0.0.1:{port}/chat"))
-                          for _ in range(60)]
+            sequential = [
+                stack.enter_context(connect(f"ws://127.0.0.1:{port}/chat")) for _ in range(60)
+            ]
             greetings = [ws.recv(timeout=10) for ws in sequential]
             assert {g: greetings.count(g) for g in greetings} == {
-                f"connected to backend-{i}": 20 for i in (1, 2, 3)}
+                f"connected to backend-{i}": 20 for i in (1, 2, 3)
+            }
             assert _distribution(admin) == [20, 20, 20]
 
         with ExitStack() as stack, ThreadPoolExecutor(60) as pool:

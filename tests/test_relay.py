@@ -61,11 +61,18 @@ async def test_forwarded_headers_cookies_and_set_cookie_pass_back() -> None:
     backend = start_backend("b1", protocol=CookieBackend)
     lb = await start_balancer([backend.url])
     try:
-        ws = await aio(websockets.connect(
-            lb.ws_url(), additional_headers={"Cookie": "session=abc", "X-Request-Id": "r1",
-                                             "X-Forwarded-For": "6.6.6.6",
-                                             "X-Balancer-Reconnect": "9"},
-            origin="http://example.test"))
+        ws = await aio(
+            websockets.connect(
+                lb.ws_url(),
+                additional_headers={
+                    "Cookie": "session=abc",
+                    "X-Request-Id": "r1",
+                    "X-Forwarded-For": "6.6.6.6",
+                    "X-Balancer-Reconnect": "9",
+                },
+                origin="http://example.test",
+            )
+        )
         headers = backend.backend.handshakes[-1]["headers"]
         assert headers["cookie"] == "session=abc"
         assert headers["x-request-id"] == "r1"

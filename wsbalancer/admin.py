@@ -29,34 +29,39 @@ def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
         services.append({"url": b.config.url, "connections": estimate})
         pod = b.pod
         if pod is not None:
-            pod_metrics[b.config.url] = [{
-                "agentsConnections": pod.agents_connections,
-                "podName": pod.pod_name,
-                "podIP": pod.pod_ip,
-                "nodeName": pod.node_name,
-            }]
-        backends.append({
-            "id": b.id,
-            "url": b.config.url,
-            "metricUrl": b.config.metric_url,
-            "weight": b.config.weight,
-            "connections": estimate,
-            "reportedConnections": b.reported,
-            "localSessions": b.local_sessions,
-            "dialing": b.dialing,
-            "healthy": b.health == "up",
-            "health": b.health,
-            "stale": b.stale,
-            "breaker": b.breaker,
-            "enabled": b.enabled,
-            "draining": b.draining,
-            "usable": pool.usable(b),
-            "picks": b.picks,
-            "lastPoll": _iso(b.last_poll_at, balancer),
-            "lastPollError": b.last_poll_error,
-            "pod": None if pod is None else {"podName": pod.pod_name, "podIP": pod.pod_ip,
-                                            "nodeName": pod.node_name},
-        })
+            pod_metrics[b.config.url] = [
+                {
+                    "agentsConnections": pod.agents_connections,
+                    "podName": pod.pod_name,
+                    "podIP": pod.pod_ip,
+                    "nodeName": pod.node_name,
+                }
+            ]
+        backends.append(
+            {
+                "id": b.id,
+                "url": b.config.url,
+                "metricUrl": b.config.metric_url,
+                "weight": b.config.weight,
+                "connections": estimate,
+                "reportedConnections": b.reported,
+                "localSessions": b.local_sessions,
+                "dialing": b.dialing,
+                "healthy": b.health == "up",
+                "health": b.health,
+                "stale": b.stale,
+                "breaker": b.breaker,
+                "enabled": b.enabled,
+                "draining": b.draining,
+                "usable": pool.usable(b),
+                "picks": b.picks,
+                "lastPoll": _iso(b.last_poll_at, balancer),
+                "lastPollError": b.last_poll_error,
+                "pod": None
+                if pod is None
+                else {"podName": pod.pod_name, "podIP": pod.pod_ip, "nodeName": pod.node_name},
+            }
+        )
     return {
         "timestamp": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "services": services,

@@ -15,7 +15,7 @@ from .dialer import BackendDialer
 from .logs import logger
 from .metrics import BalancerMetrics
 from .pool import BackendPool, BackendState
-from .relay import BackendProtocol, RelayFactory, RelaySession
+from .relay import BackendProtocol, RelayFactory, RelaySession, peer_host
 
 
 def accept_deflate_offer(offers: list[Any]) -> Any:
@@ -102,16 +102,23 @@ class Balancer:
         backend_id = session.backend_state.id if session.backend_state else "-"
         code = session.close_code
         self.metrics.sessions_closed.labels(backend_id, str(code or 1005)).inc()
-        peer = getattr(session.client.transport.getPeer(), "host", "?")
+        peer = peer_host(session.client)
         self.log.info(
             "session {session} {peer} {path} on {backend} ended after {duration:.1f}s: "
             "close {code} {reason!r} by {by}; {msgs_in} msgs/{bytes_in} B in, "
             "{msgs_out} msgs/{bytes_out} B out",
-            session=session.id, peer=peer, path=session.client.http_request_path,
-            backend=backend_id, duration=self.clock.seconds() - session.started,
-            code=code, reason=session.close_reason, by=session.closed_by or "-",
-            msgs_in=session.msgs_in, bytes_in=session.bytes_in,
-            msgs_out=session.msgs_out, bytes_out=session.bytes_out,
+            session=session.id,
+            peer=peer,
+            path=session.client.http_request_path,
+            backend=backend_id,
+            duration=self.clock.seconds() - session.started,
+            code=code,
+            reason=session.close_reason,
+            by=session.closed_by or "-",
+            msgs_in=session.msgs_in,
+            bytes_in=session.bytes_in,
+            msgs_out=session.msgs_out,
+            bytes_out=session.bytes_out,
         )
 
     def handshake_outcome(self, outcome: str) -> None:
@@ -121,14 +128,16 @@ class Balancer:
     def dial_failed(self, backend: BackendState, reason: str) -> None:
         """A backend leg could not be opened; the next backend will be tried."""
         self.metrics.dial_failures.labels(backend.id).inc()
-        self.log.warn("backend {backend} refused a session: {reason}",
-                      backend=backend.id, reason=reason)
+        self.log.warn(
+            "backend {backend} refused a session: {reason}", backend=backend.id, reason=reason
+        )
 
     def no_backend(self, session: RelaySession, errors: list[str]) -> None:
         """No backend could take the session: the client gets 503."""
-        peer = getattr(session.client.transport.getPeer(), "host", "?")
-        self.log.warn("no backend for {peer}: {detail}", peer=peer,
-                      detail="; ".join(errors) or "none usable")
+        peer = peer_host(session.client)
+        self.log.warn(
+            "no backend for {peer}: {detail}", peer=peer, detail="; ".join(errors) or "none usable"
+        )
 
     def poll_result(self, backend: BackendState, seconds: float, error: str | None) -> None:
         """The poller read (or failed to read) a backend's count."""
@@ -138,8 +147,9 @@ class Balancer:
 
     def _state_changed(self, backend: BackendState, kind: str, state: str) -> None:
         self.metrics.state_changes.labels(backend.id, kind, state).inc()
-        self.log.warn("backend {backend} {kind} is now {state}", backend=backend.id, kind=kind,
-                      state=state)
+        self.log.warn(
+            "backend {backend} {kind} is now {state}", backend=backend.id, kind=kind, state=state
+        )
 
     # --- figures --------------------------------------------------------------------
 

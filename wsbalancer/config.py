@@ -120,8 +120,19 @@ class Config:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
-               "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
 
 
 def parse_duration(value: Any) -> float:
@@ -258,6 +269,7 @@ def parse_endpoint(value: Any) -> str:
 
 def parse_endpoints(value: Any) -> tuple[str, ...]:
     """One or several endpoints."""
+    items: list[str] | tuple[str, ...]
     if isinstance(value, list | tuple):
         items = [str(v) for v in value]
     else:
@@ -293,9 +305,16 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "admin.listen": (parse_endpoint, "admin_listen"),
     "admin.balancer_metric_path": (parse_path, "balancer_metric_path"),
     "balancing.strategy": (
-        _enum(STRATEGIES, {"leastconn": "least-loaded", "least-connections": "least-loaded",
-                           "p2c": "power-of-two", "power-of-two-choices": "power-of-two",
-                           "roundrobin": "round-robin"}),
+        _enum(
+            STRATEGIES,
+            {
+                "leastconn": "least-loaded",
+                "least-connections": "least-loaded",
+                "p2c": "power-of-two",
+                "power-of-two-choices": "power-of-two",
+                "roundrobin": "round-robin",
+            },
+        ),
         "strategy",
     ),
     "balancing.poll_interval": (parse_positive_duration, "poll_interval"),
@@ -359,8 +378,15 @@ SEED_ENV = {
 # Seed variables with no meaning here (Go buffer sizes, per-request HTTP timeouts, a switch
 # for metrics that are always on): accepted, and reported once at start-up.
 SEED_ENV_IGNORED = (
-    "FE_RB_SIZE", "FE_WB_SIZE", "BE_RB_SIZE", "BE_WB_SIZE", "FE_WRITE_TIMEOUT",
-    "ADM_READ_TIMEOUT", "ADM_WRITE_TIMEOUT", "ADM_MAX_HDR_BYTES", "ENABLE_INST",
+    "FE_RB_SIZE",
+    "FE_WB_SIZE",
+    "BE_RB_SIZE",
+    "BE_WB_SIZE",
+    "FE_WRITE_TIMEOUT",
+    "ADM_READ_TIMEOUT",
+    "ADM_WRITE_TIMEOUT",
+    "ADM_MAX_HDR_BYTES",
+    "ENABLE_INST",
 )
 
 
@@ -418,8 +444,15 @@ def _backend_specs(items: Any, source: str, key: str) -> list[_BackendSpec]:
             if "url" not in item:
                 raise ConfigError(f"{where}: url is missing")
             metric = item.get("metric", item.get("metric_url", item.get("metric_path")))
-            specs.append(_BackendSpec(url=item["url"], source=where, id=item.get("id"),
-                                      metric=metric, weight=item.get("weight", 1)))
+            specs.append(
+                _BackendSpec(
+                    url=item["url"],
+                    source=where,
+                    id=item.get("id"),
+                    metric=metric,
+                    weight=item.get("weight", 1),
+                )
+            )
         else:
             raise ConfigError(f"{where}: expected a URL or a mapping with url")
     return specs
@@ -490,7 +523,7 @@ def read_environment(raw: RawConfig, environ: Mapping[str, str]) -> None:
             raw.backends = []
             _env_backends(raw, environ[name], None, f"environment {name}")
             continue
-        key = name[len(ENV_PREFIX):].lower().replace("__", ".")
+        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
         raw.set(key, environ[name], f"environment {name}")
 
 
@@ -508,8 +541,9 @@ def _build_backend(spec: _BackendSpec, metric_path: str) -> BackendConfig:
     url = _normalise_backend_url(str(spec.url).strip())
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ConfigError(f"{spec.source}: url: expected ws://host:port or wss://host:port, "
-                          f"got {spec.url!r}")
+        raise ConfigError(
+            f"{spec.source}: url: expected ws://host:port or wss://host:port, got {spec.url!r}"
+        )
     try:
         _ = parts.port
     except ValueError:
@@ -521,8 +555,9 @@ def _build_backend(spec: _BackendSpec, metric_path: str) -> BackendConfig:
     elif re.match(r"^https?://", metric):
         metric_url = metric
     else:
-        raise ConfigError(f"{spec.source}: metric: expected a path or an http(s) URL, "
-                          f"got {spec.metric!r}")
+        raise ConfigError(
+            f"{spec.source}: metric: expected a path or an http(s) URL, got {spec.metric!r}"
+        )
     try:
         weight = float(spec.weight)
     except (TypeError, ValueError):
@@ -531,8 +566,9 @@ def _build_backend(spec: _BackendSpec, metric_path: str) -> BackendConfig:
         raise ConfigError(f"{spec.source}: weight: must be above zero, got {spec.weight!r}")
     backend_id = str(spec.id).strip() if spec.id not in (None, "") else parts.netloc
     if not re.match(r"^[A-Za-z0-9_.:\-\[\]]+$", backend_id):
-        raise ConfigError(f"{spec.source}: id: use letters, digits and . _ - : only, "
-                          f"got {backend_id!r}")
+        raise ConfigError(
+            f"{spec.source}: id: use letters, digits and . _ - : only, got {backend_id!r}"
+        )
     return BackendConfig(id=backend_id, url=url, metric_url=metric_url, weight=weight)
 
 
@@ -548,10 +584,14 @@ def build(raw: RawConfig, require_backends: bool = True) -> Config:
     metric_path = typed.pop("_metric_path", "/metric")
     defaults = Config(backends=())
     client_ka, backend_ka = defaults.client_keepalive, defaults.backend_keepalive
-    typed["client_keepalive"] = Keepalive(typed.pop("_client_ping", client_ka.ping_interval),
-                                          typed.pop("_client_pong", client_ka.pong_timeout))
-    typed["backend_keepalive"] = Keepalive(typed.pop("_backend_ping", backend_ka.ping_interval),
-                                           typed.pop("_backend_pong", backend_ka.pong_timeout))
+    typed["client_keepalive"] = Keepalive(
+        typed.pop("_client_ping", client_ka.ping_interval),
+        typed.pop("_client_pong", client_ka.pong_timeout),
+    )
+    typed["backend_keepalive"] = Keepalive(
+        typed.pop("_backend_ping", backend_ka.ping_interval),
+        typed.pop("_backend_pong", backend_ka.pong_timeout),
+    )
     backends = tuple(_build_backend(spec, metric_path) for spec in raw.backends)
     seen: dict[str, str] = {}
     for spec, backend in zip(raw.backends, backends, strict=True):
@@ -559,14 +599,20 @@ def build(raw: RawConfig, require_backends: bool = True) -> Config:
             raise ConfigError(f"{spec.source}: id: {backend.id!r} is used twice")
         seen[backend.id] = spec.source
     if require_backends and not backends:
-        raise ConfigError("configuration: backends: at least one backend is needed "
-                          "(config file `backends:`, BE_URLS or --backend)")
+        raise ConfigError(
+            "configuration: backends: at least one backend is needed "
+            "(config file `backends:`, BE_URLS or --backend)"
+        )
     config = replace(defaults, backends=backends, ignored=tuple(raw.ignored), **typed)
-    for leg, keepalive in (("client", config.client_keepalive),
-                           ("backend", config.backend_keepalive)):
+    for leg, keepalive in (
+        ("client", config.client_keepalive),
+        ("backend", config.backend_keepalive),
+    ):
         if keepalive.ping_interval and not keepalive.pong_timeout:
-            raise ConfigError(f"configuration: keepalive.{leg}.pong_timeout: must be above "
-                              f"zero when ping_interval is set")
+            raise ConfigError(
+                f"configuration: keepalive.{leg}.pong_timeout: must be above "
+                f"zero when ping_interval is set"
+            )
     return config
 
 

@@ -39,7 +39,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 20.0, process: subprocess.Popen[Any] | None = None) -> None:
+def wait_port(
+    port: int, timeout: float = 20.0, process: subprocess.Popen[Any] | None = None
+) -> None:
     """Wait until something accepts on 127.0.0.1:port (bounded)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -76,8 +78,7 @@ def bin_path(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def start_echo_backend(children: list[subprocess.Popen[Any]], compression: bool,
-                       log: Any) -> int:
+def start_echo_backend(children: list[subprocess.Popen[Any]], compression: bool, log: Any) -> int:
     """The demo backend in echo mode, in its own process."""
     port = free_port()
     cmd = [bin_path("wsbalancer-demo-backend"), "--port", str(port), "--name", "echo"]
@@ -89,16 +90,31 @@ def start_echo_backend(children: list[subprocess.Popen[Any]], compression: bool,
     return port
 
 
-def start_balancer(children: list[subprocess.Popen[Any]], backend_port: int, log: Any,
-                   tls: tuple[str, str] | None = None) -> int:
+def start_balancer(
+    children: list[subprocess.Popen[Any]],
+    backend_port: int,
+    log: Any,
+    tls: tuple[str, str] | None = None,
+) -> int:
     """The balancer under twistd, in its own process, in front of the backend."""
     port, admin = free_port(), free_port()
     listen = f"tcp:{port}:interface=127.0.0.1"
     if tls is not None:
         listen = f"ssl:{port}:interface=127.0.0.1:privateKey={tls[1]}:certKey={tls[0]}"
-    cmd = [bin_path("twistd"), "-n", "--pidfile=", "wsbalancer",
-           "--listen", listen, "--admin-listen", f"tcp:{admin}:interface=127.0.0.1",
-           "--backend", f"ws://127.0.0.1:{backend_port}", "--set", "log.level=warn"]
+    cmd = [
+        bin_path("twistd"),
+        "-n",
+        "--pidfile=",
+        "wsbalancer",
+        "--listen",
+        listen,
+        "--admin-listen",
+        f"tcp:{admin}:interface=127.0.0.1",
+        "--backend",
+        f"ws://127.0.0.1:{backend_port}",
+        "--set",
+        "log.level=warn",
+    ]
     child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
     children.append(child)
     wait_port(port, process=child)
@@ -107,29 +123,46 @@ def start_balancer(children: list[subprocess.Popen[Any]], backend_port: int, log
 
 def _env() -> dict[str, str]:
     # The balancer must not pick up a configuration meant for something else.
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("WSBALANCER_") and k not in ("BE_URLS", "FE_ADDR", "ADM_ADDR")}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("WSBALANCER_") and k not in ("BE_URLS", "FE_ADDR", "ADM_ADDR")
+    }
 
 
-def runner_command(runner: str, runner_cmd: str | None, target: str, cases: list[str],
-                   parallel: int, outdir: Path) -> list[str]:
+def runner_command(
+    runner: str, runner_cmd: str | None, target: str, cases: list[str], parallel: int, outdir: Path
+) -> list[str]:
     """The fuzzing-client command line for the chosen runner."""
     if runner_cmd:
-        return runner_cmd.format(target=target, outdir=str(outdir),
-                                 cases=",".join(cases)).split()
+        return runner_cmd.format(target=target, outdir=str(outdir), cases=",".join(cases)).split()
     if runner == "kosoku":
-        cmd = [bin_path("kosoku"), "-m", "fuzzingclient", target, "-p", str(parallel),
-               "-o", str(outdir)]
+        cmd = [
+            bin_path("kosoku"),
+            "-m",
+            "fuzzingclient",
+            target,
+            "-p",
+            str(parallel),
+            "-o",
+            str(outdir),
+        ]
         for case in cases:
             cmd += ["-i", case]
         return cmd
     if runner == "wstest":
         spec = outdir / "fuzzingclient.json"
-        spec.write_text(json.dumps({
-            "outdir": str(outdir),
-            "servers": [{"agent": "wsbalancer", "url": f"ws://{target}"}],
-            "cases": cases, "exclude-cases": [], "exclude-agent-cases": {},
-        }))
+        spec.write_text(
+            json.dumps(
+                {
+                    "outdir": str(outdir),
+                    "servers": [{"agent": "wsbalancer", "url": f"ws://{target}"}],
+                    "cases": cases,
+                    "exclude-cases": [],
+                    "exclude-agent-cases": {},
+                }
+            )
+        )
         return ["wstest", "-m", "fuzzingclient", "-s", str(spec)]
     raise ValueError(f"unknown runner {runner!r}")
 
@@ -161,25 +194,33 @@ def summarise(results: dict[str, dict[str, Any]], expected_groups: list[str]) ->
         if (behavior not in PASSING or not close_ok) and case not in ALLOW_LIST:
             failing.append(f"{case}: {behavior}/{close}")
     missing = [g for g in expected_groups if g not in table]
-    return {"groups": {g: dict(c) for g, c in sorted(table.items(), key=lambda kv: int(kv[0]))},
-            "total": len(results), "failing": failing, "missing_groups": missing,
-            "allow_list": ALLOW_LIST}
+    return {
+        "groups": {g: dict(c) for g, c in sorted(table.items(), key=lambda kv: int(kv[0]))},
+        "total": len(results),
+        "failing": failing,
+        "missing_groups": missing,
+        "allow_list": ALLOW_LIST,
+    }
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
     """The summary as a Markdown table: case groups x verdicts."""
     verdicts = ["OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED"]
-    lines = ["| group | " + " | ".join(verdicts) + " |",
-             "|---|" + "---|" * len(verdicts)]
+    lines = ["| group | " + " | ".join(verdicts) + " |", "|---|" + "---|" * len(verdicts)]
     for group, counts in summary["groups"].items():
-        lines.append(f"| {group}.* | " + " | ".join(str(counts.get(v, 0)) for v in verdicts)
-                     + " |")
+        lines.append(f"| {group}.* | " + " | ".join(str(counts.get(v, 0)) for v in verdicts) + " |")
     return "\n".join(lines)
 
 
-def run_client_leg(outdir: Path, cases: list[str], parallel: int, runner: str,
-                   runner_cmd: str | None, compression: bool = True,
-                   tls: tuple[str, str] | None = None) -> dict[str, Any]:
+def run_client_leg(
+    outdir: Path,
+    cases: list[str],
+    parallel: int,
+    runner: str,
+    runner_cmd: str | None,
+    compression: bool = True,
+    tls: tuple[str, str] | None = None,
+) -> dict[str, Any]:
     """Fuzzing client -> balancer -> echo backend; returns the summary."""
     outdir.mkdir(parents=True, exist_ok=True)
     with open(outdir / "processes.log", "w") as log, processes() as children:
@@ -191,8 +232,10 @@ def run_client_leg(outdir: Path, cases: list[str], parallel: int, runner: str,
         elapsed = time.monotonic() - started
         (outdir / "runner.log").write_text(completed.stdout + completed.stderr)
     if not (outdir / "index.json").exists():
-        raise RuntimeError(f"the runner wrote no index.json (exit {completed.returncode}): "
-                           f"{(completed.stderr or completed.stdout)[-500:]}")
+        raise RuntimeError(
+            f"the runner wrote no index.json (exit {completed.returncode}): "
+            f"{(completed.stderr or completed.stdout)[-500:]}"
+        )
     groups = sorted({c.split(".")[0].strip("*") for c in cases}, key=int)
     summary = summarise(read_results(outdir), groups)
     summary["seconds"] = round(elapsed, 1)
@@ -204,23 +247,31 @@ def run_client_leg(outdir: Path, cases: list[str], parallel: int, runner: str,
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: exit 0 when every case is OK, NON-STRICT or INFORMATIONAL."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="reports/conformance", help="report folder")
-    parser.add_argument("--cases", default=",".join(f"{g}.*" for g in ALL_GROUPS),
-                        help="comma-separated case globs (default: all, 1.* to 13.*)")
+    parser.add_argument(
+        "--cases",
+        default=",".join(f"{g}.*" for g in ALL_GROUPS),
+        help="comma-separated case globs (default: all, 1.* to 13.*)",
+    )
     parser.add_argument("-p", "--parallel", type=int, default=2)
     parser.add_argument("--runner", choices=["kosoku", "wstest"], default="kosoku")
-    parser.add_argument("--runner-cmd", default=None,
-                        help="custom fuzzing-client command with {target} {outdir} {cases}")
+    parser.add_argument(
+        "--runner-cmd",
+        default=None,
+        help="custom fuzzing-client command with {target} {outdir} {cases}",
+    )
     args = parser.parse_args(argv)
     if args.runner == "wstest" and not args.runner_cmd and not shutil.which("wstest"):
-        parser.error("wstest is not on PATH (it needs Python 2, or use its container image "
-                     "through --runner-cmd)")
+        parser.error(
+            "wstest is not on PATH (it needs Python 2, or use its container image "
+            "through --runner-cmd)"
+        )
     out = Path(args.out)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    summary = run_client_leg(out / "client-leg", cases, args.parallel, args.runner,
-                             args.runner_cmd)
+    summary = run_client_leg(out / "client-leg", cases, args.parallel, args.runner, args.runner_cmd)
     print(f"client leg: {summary['total']} cases in {summary['seconds']}s")
     print(markdown_table(summary))
     if summary["failing"] or summary["missing_groups"]:

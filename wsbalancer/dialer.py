@@ -80,7 +80,7 @@ class _DialFactory(Factory):
         self.dial = dial
 
     def buildProtocol(self, addr: Any) -> Any:
-        protocol = self.ws_factory.buildProtocol(addr)
+        protocol: Any = self.ws_factory.buildProtocol(addr)
         protocol.dial = self.dial
         self.dial.protocol = protocol
         return protocol
@@ -139,7 +139,7 @@ class BackendDialer:
             return cached[1], cached[2]
         config = self.config
         factory = WebSocketClientFactory(backend.url)
-        factory.protocol = self.protocol_class
+        factory.protocol = self.protocol_class  # type: ignore[assignment]
         keepalive = config.backend_keepalive
         factory.setProtocolOptions(
             openHandshakeTimeout=config.backend_handshake_timeout,

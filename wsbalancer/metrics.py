@@ -25,26 +25,45 @@ class BalancerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.sessions_opened = Counter(
-            "wsbalancer_sessions_opened", "Sessions relayed to a backend", ["backend"], registry=r)
+            "wsbalancer_sessions_opened", "Sessions relayed to a backend", ["backend"], registry=r
+        )
         self.sessions_closed = Counter(
-            "wsbalancer_sessions_closed", "Sessions ended, by the close code the client saw",
-            ["backend", "code"], registry=r)
+            "wsbalancer_sessions_closed",
+            "Sessions ended, by the close code the client saw",
+            ["backend", "code"],
+            registry=r,
+        )
         self.handshakes = Counter(
-            "wsbalancer_handshakes", "Client handshakes by outcome", ["outcome"], registry=r)
+            "wsbalancer_handshakes", "Client handshakes by outcome", ["outcome"], registry=r
+        )
         self.handshake_seconds = Histogram(
-            "wsbalancer_handshake_seconds", "Client handshake to 101, including the backend dial",
-            registry=r, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+            "wsbalancer_handshake_seconds",
+            "Client handshake to 101, including the backend dial",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
         self.dial_failures = Counter(
-            "wsbalancer_backend_dial_failures", "Backend legs that could not be opened",
-            ["backend"], registry=r)
+            "wsbalancer_backend_dial_failures",
+            "Backend legs that could not be opened",
+            ["backend"],
+            registry=r,
+        )
         self.poll_errors = Counter(
-            "wsbalancer_poll_errors", "Metric fetches that failed", ["backend"], registry=r)
+            "wsbalancer_poll_errors", "Metric fetches that failed", ["backend"], registry=r
+        )
         self.poll_seconds = Histogram(
-            "wsbalancer_poll_seconds", "Metric fetch latency", ["backend"], registry=r,
-            buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+            "wsbalancer_poll_seconds",
+            "Metric fetch latency",
+            ["backend"],
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
         self.state_changes = Counter(
-            "wsbalancer_backend_state_changes", "Health and breaker transitions",
-            ["backend", "kind", "state"], registry=r)
+            "wsbalancer_backend_state_changes",
+            "Health and breaker transitions",
+            ["backend", "kind", "state"],
+            registry=r,
+        )
 
     def attach(self, balancer: Balancer) -> None:
         """Add the scrape-time gauges read from `balancer`."""
@@ -59,22 +78,33 @@ class _StateCollector(Collector):
         b = self.balancer
         pool = b.pool
         now = b.clock.seconds()
-        active = GaugeMetricFamily("wsbalancer_sessions_active", "Open relayed sessions",
-                                   labels=["backend"])
-        reported = GaugeMetricFamily("wsbalancer_backend_reported_connections",
-                                     "Connection count the backend last reported",
-                                     labels=["backend"])
-        estimate = GaugeMetricFamily("wsbalancer_backend_estimated_connections",
-                                     "Reported count plus local changes since", labels=["backend"])
-        up = GaugeMetricFamily("wsbalancer_backend_up", "1 when the backend's health is up",
-                               labels=["backend"])
-        stale = GaugeMetricFamily("wsbalancer_backend_stale",
-                                  "1 when the last metric fetch failed", labels=["backend"])
-        breaker = GaugeMetricFamily("wsbalancer_backend_breaker",
-                                    "Circuit breaker: 0 closed, 1 half-open, 2 open",
-                                    labels=["backend"])
-        picks = CounterMetricFamily("wsbalancer_picks", "Backends chosen for new sessions",
-                                    labels=["backend"])
+        active = GaugeMetricFamily(
+            "wsbalancer_sessions_active", "Open relayed sessions", labels=["backend"]
+        )
+        reported = GaugeMetricFamily(
+            "wsbalancer_backend_reported_connections",
+            "Connection count the backend last reported",
+            labels=["backend"],
+        )
+        estimate = GaugeMetricFamily(
+            "wsbalancer_backend_estimated_connections",
+            "Reported count plus local changes since",
+            labels=["backend"],
+        )
+        up = GaugeMetricFamily(
+            "wsbalancer_backend_up", "1 when the backend's health is up", labels=["backend"]
+        )
+        stale = GaugeMetricFamily(
+            "wsbalancer_backend_stale", "1 when the last metric fetch failed", labels=["backend"]
+        )
+        breaker = GaugeMetricFamily(
+            "wsbalancer_backend_breaker",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            labels=["backend"],
+        )
+        picks = CounterMetricFamily(
+            "wsbalancer_picks", "Backends chosen for new sessions", labels=["backend"]
+        )
         for backend in pool.backends.values():
             label = [backend.id]
             active.add_metric(label, backend.local_sessions)
@@ -85,10 +115,12 @@ class _StateCollector(Collector):
             stale.add_metric(label, 1 if backend.stale else 0)
             breaker.add_metric(label, BREAKER_VALUES[backend.breaker])
             picks.add_metric(label, backend.picks)
-        messages = CounterMetricFamily("wsbalancer_messages", "Messages relayed",
-                                       labels=["direction"])
-        octets = CounterMetricFamily("wsbalancer_message_bytes", "Message payload bytes relayed",
-                                     labels=["direction"])
+        messages = CounterMetricFamily(
+            "wsbalancer_messages", "Messages relayed", labels=["direction"]
+        )
+        octets = CounterMetricFamily(
+            "wsbalancer_message_bytes", "Message payload bytes relayed", labels=["direction"]
+        )
         totals = b.traffic_totals()
         messages.add_metric(["client_to_backend"], totals[0])
         messages.add_metric(["backend_to_client"], totals[1])

@@ -69,7 +69,7 @@ class CountPoller:
     def poll_backend(self, backend: BackendState) -> Deferred[None]:
         """Fetch one backend's count and apply the result; never fails."""
         started = self.clock.seconds()
-        d = ensureDeferred(self._fetch(backend.config.metric_url))
+        d: Deferred[Any] = ensureDeferred(self._fetch(backend.config.metric_url))
         d.addTimeout(self.timeout, self.clock)
 
         def succeeded(pod: PodInfo) -> None:
@@ -78,8 +78,7 @@ class CountPoller:
             was_stale = backend.stale
             self.pool.poll_succeeded(backend, pod)
             if was_stale:
-                self.log.info("backend {backend} metric endpoint answers again",
-                              backend=backend.id)
+                self.log.info("backend {backend} metric endpoint answers again", backend=backend.id)
             self._report(backend, started, None)
 
         def failed(failure: Any) -> None:
@@ -87,8 +86,12 @@ class CountPoller:
                 return
             error = _describe(failure.value, self.timeout)
             if backend.last_poll_error != error:
-                self.log.warn("backend {backend} count unavailable from {url}: {error}",
-                              backend=backend.id, url=backend.config.metric_url, error=error)
+                self.log.warn(
+                    "backend {backend} count unavailable from {url}: {error}",
+                    backend=backend.id,
+                    url=backend.config.metric_url,
+                    error=error,
+                )
             self.pool.poll_failed(backend, error)
             self._report(backend, started, error)
 

@@ -5,9 +5,10 @@ included, so a burst spreads) plus the sessions of everyone else: the count the 
 reported on its metric endpoint (the fleet-wide truth) less this instance's sessions when that
 report arrived. Reading only "everyone else" from the report keeps a report that raced with
 our own opens and closes from counting them twice (a session we closed since the previous
-report may still be in the backend's count, so it is not taken for someone else's). A failed report is never read as zero: the
-backend is flagged stale and keeps its last estimate, or falls back to this instance's own
-count once the report is older than the count TTL.
+report may still be in the backend's count, so it is not taken for someone else's).
+A failed report is never read as zero: the backend is flagged stale and keeps its last
+estimate, or falls back to this instance's own count once the report is older than the
+count TTL.
 """
 
 from __future__ import annotations
@@ -258,8 +259,16 @@ class BackendPool:
     def any_usable(self) -> bool:
         """Whether a new session could be placed now (readiness)."""
         return any(
-            b.enabled and not b.draining and b.health == UP and b.breaker != OPEN
-            or (b.breaker == OPEN and self.seconds() >= b.breaker_until and b.health == UP
-                and b.enabled and not b.draining)
+            b.enabled
+            and not b.draining
+            and b.health == UP
+            and b.breaker != OPEN
+            or (
+                b.breaker == OPEN
+                and self.seconds() >= b.breaker_until
+                and b.health == UP
+                and b.enabled
+                and not b.draining
+            )
             for b in self.backends.values()
         )

@@ -53,9 +53,24 @@ class RelaySession:
     """One client's session: its two legs, the backend it sits on, its counters."""
 
     __slots__ = (
-        "balancer", "id", "client", "backend", "backend_state", "started", "opened",
-        "msgs_in", "msgs_out", "bytes_in", "bytes_out", "dial", "ended", "client_gone",
-        "close_code", "close_reason", "closed_by", "idle_mark",
+        "balancer",
+        "id",
+        "client",
+        "backend",
+        "backend_state",
+        "started",
+        "opened",
+        "msgs_in",
+        "msgs_out",
+        "bytes_in",
+        "bytes_out",
+        "dial",
+        "ended",
+        "client_gone",
+        "close_code",
+        "close_reason",
+        "closed_by",
+        "idle_mark",
     )
 
     def __init__(self, balancer: Balancer, client: FrontendProtocol) -> None:
@@ -86,10 +101,8 @@ class RelaySession:
         config = balancer.config
         client = self.client
         raw = parse_raw_headers(client.http_request_data)
-        peer = client.transport.getPeer()
-        peer_host = getattr(peer, "host", None) or "unix"
         is_tls = ISSLTransport.providedBy(client.transport)
-        headers = backend_request_headers(raw, config, peer_host, is_tls)
+        headers = backend_request_headers(raw, config, peer_host(client), is_tls)
         offers_deflate = config.compression and any(
             name == "permessage-deflate" for name, _ in request.extensions
         )
@@ -116,7 +129,7 @@ class RelaySession:
                 server_error = e.status is None or e.status >= 500
                 balancer.pool.dial_failed(backend, counts_against_breaker=server_error)
                 balancer.dial_failed(backend, f"handshake {e}")
-                if not server_error and 400 <= (e.status or 0) < 500:
+                if e.status is not None and 400 <= e.status < 500:
                     balancer.handshake_outcome("backend_refused")
                     raise ConnectionDeny(e.status, e.reason or HTTPStatus(e.status).phrase)
                 errors.append(f"{backend.id}: {e}")
@@ -238,6 +251,13 @@ class RelaySession:
             backend.sendCloseFrame(code=code, reasonUtf8=_reason_bytes(code, reason))
 
 
+def peer_host(protocol: Any) -> str:
+    """The client's address as it goes into X-Forwarded-For and the logs."""
+    transport = protocol.transport
+    peer = transport.getPeer() if transport is not None else None
+    return getattr(peer, "host", None) or "unix"
+
+
 def _wire_code(code: int | None) -> int | None:
     return CLOSE_BAD_GATEWAY if code in NOT_ON_WIRE else code
 
@@ -307,7 +327,7 @@ class FrontendProtocol(WebSocketServerProtocol):
         session.bytes_in += len(payload)  # type: ignore[union-attr]
         self.partner.sendMessage(payload, isBinary)  # type: ignore[union-attr]
 
-    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> Any:
+    def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
         was_open = self.state == OPEN
         failed = super().onCloseFrame(code, reasonRaw)
         if not failed and was_open and self.session is not None:
@@ -322,13 +342,18 @@ class FrontendProtocol(WebSocketServerProtocol):
         if self.state == CLOSED:
             return
         self.wasNotCleanReason = reason
-        peer = getattr(self.transport.getPeer(), "host", "?")
+        peer = peer_host(self)
         uri = getattr(self, "http_request_uri", "")
         if code in (499,):
             self.dropConnection(abort=True)
             return
-        _log.info("handshake from {peer} {uri} refused: {code} {reason}",
-                  peer=peer, uri=uri, code=code, reason=reason)
+        _log.info(
+            "handshake from {peer} {uri} refused: {code} {reason}",
+            peer=peer,
+            uri=uri,
+            code=code,
+            reason=reason,
+        )
         headers = list(responseHeaders or [])
         if code == 426:
             headers.append(("Upgrade", "websocket"))
@@ -343,8 +368,12 @@ class FrontendProtocol(WebSocketServerProtocol):
         except ValueError:
             phrase = "Error"
         body = (" ".join(str(reason).split()) + "\n").encode("utf-8", "replace")
-        head = [f"HTTP/1.1 {code} {phrase}", "Content-Type: text/plain; charset=utf-8",
-                f"Content-Length: {len(body)}", "Connection: close"]
+        head = [
+            f"HTTP/1.1 {code} {phrase}",
+            "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
         head += [f"{name}: {value}" for name, value in responseHeaders or []]
         self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
@@ -384,7 +413,7 @@ class BackendProtocol(WebSocketClientProtocol):
         session.bytes_out += len(payload)  # type: ignore[union-attr]
         self.partner.sendMessage(payload, isBinary)  # type: ignore[union-attr]
 
-    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> Any:
+    def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
         was_open = self.state == OPEN
         failed = super().onCloseFrame(code, reasonRaw)
         if not failed and was_open and self.session is not None:
@@ -395,8 +424,9 @@ class BackendProtocol(WebSocketClientProtocol):
         dial = self.dial
         if dial is not None and dial.pending:
             if self.handshake_status is not None or self.handshake_reason:
-                dial.failed(BackendHandshakeError(self.handshake_status,
-                                                  self.handshake_reason or ""))
+                dial.failed(
+                    BackendHandshakeError(self.handshake_status, self.handshake_reason or "")
+                )
             else:
                 dial.failed(BackendConnectError(reason or "connection lost in handshake"))
             return

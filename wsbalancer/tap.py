@@ -92,8 +92,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self.loaded = load(self["config"], overrides=self.overrides(),
-                               backends=self["backend"])
+            self.loaded = load(self["config"], overrides=self.overrides(), backends=self["backend"])
         except ConfigError as e:
             # One clear line and a non-zero exit, before anything is started.
             sys.stderr.write(f"wsbalancer: {e}\n")
@@ -148,10 +147,13 @@ class BalancerService(MultiService):
         for name in config.ignored:
             log.info("{name} has no effect in wsbalancer and is ignored", name=name)
         self._binding(super().startService)
-        log.info("wsbalancer relaying {listen} to {backends} ({strategy}); admin on {admin}",
-                 listen=", ".join(config.listen),
-                 backends=", ".join(f"{b.id}={b.url}" for b in config.backends),
-                 strategy=config.strategy, admin=config.admin_listen)
+        log.info(
+            "wsbalancer relaying {listen} to {backends} ({strategy}); admin on {admin}",
+            listen=", ".join(config.listen),
+            backends=", ".join(f"{b.id}={b.url}" for b in config.backends),
+            strategy=config.strategy,
+            admin=config.admin_listen,
+        )
 
 
 class ListenerService(StreamServerEndpointService):
@@ -191,11 +193,20 @@ def build_service(config: Config, reactor: Any) -> BalancerService:
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = _QuietHTTPFactory
     pool.maxPersistentPerHost = 1
-    pool.cachedConnectionTimeout = max(30.0, config.poll_interval * 3)
-    agent = Agent(reactor, contextFactory=_MetricTLSPolicy(config), pool=pool,
-                  connectTimeout=config.fetch_timeout)
-    poller = CountPoller(balancer.pool, HTTPClient(agent), reactor, config.fetch_timeout,
-                         on_result=balancer.poll_result)
+    pool.cachedConnectionTimeout = int(max(30.0, config.poll_interval * 3))
+    agent = Agent(
+        reactor,
+        contextFactory=_MetricTLSPolicy(config),
+        pool=pool,
+        connectTimeout=config.fetch_timeout,
+    )
+    poller = CountPoller(
+        balancer.pool,
+        HTTPClient(agent),
+        reactor,
+        config.fetch_timeout,
+        on_result=balancer.poll_result,
+    )
     timer = TimerService(config.poll_interval, poller.poll_once)
     timer.clock = reactor
     timer.setServiceParent(top)
@@ -220,8 +231,7 @@ def makeService(options: Options, reactor: Any = None) -> BalancerService:
         reactor = global_reactor
     config = options.loaded
     if config is None:
-        config = load(options["config"], overrides=options.overrides(),
-                      backends=options["backend"])
+        config = load(options["config"], overrides=options.overrides(), backends=options["backend"])
     service = build_service(config, reactor)
     service.exit_on_listen_error = True
     return service

@@ -34,9 +34,14 @@ class DemoProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(backend.deny_status, "denied by demo backend")
         self.chat = request.path.startswith("/chat")
         chosen = next((p for p in backend.subprotocols if p in request.protocols), None)
-        backend.handshakes.append({"path": request.path, "params": dict(request.params),
-                                   "headers": dict(request.headers),
-                                   "protocols": list(request.protocols)})
+        backend.handshakes.append(
+            {
+                "path": request.path,
+                "params": dict(request.params),
+                "headers": dict(request.headers),
+                "protocols": list(request.protocols),
+            }
+        )
         return chosen
 
     def onOpen(self) -> None:
@@ -72,8 +77,14 @@ def _accept_deflate(offers: list[Any]) -> Any:
 class DemoBackend:
     """State of one demo backend process (or of one in-process test backend)."""
 
-    def __init__(self, name: str, subprotocols: tuple[str, ...] = (), compression: bool = True,
-                 deny_status: int = 0, protocol: type[DemoProtocol] = DemoProtocol) -> None:
+    def __init__(
+        self,
+        name: str,
+        subprotocols: tuple[str, ...] = (),
+        compression: bool = True,
+        deny_status: int = 0,
+        protocol: type[DemoProtocol] = DemoProtocol,
+    ) -> None:
         self.name = name
         self.subprotocols = subprotocols
         self.deny_status = deny_status
@@ -143,8 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None)
     parser.add_argument("--subprotocols", default="", help="comma-separated, in preference order")
     parser.add_argument("--no-compression", action="store_true")
-    parser.add_argument("--deny-status", type=int, default=0,
-                        help="answer every handshake with this HTTP status (testing)")
+    parser.add_argument(
+        "--deny-status",
+        type=int,
+        default=0,
+        help="answer every handshake with this HTTP status (testing)",
+    )
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 

@@ -1,8 +1,8 @@
 """`wsbalancer-demo`: three demo backends (own processes), the balancer in front, a chat page.
 
-    ws://127.0.0.1:8080/chat        the balancer (WebSocket)
-    http://127.0.0.1:8000/          the chat page (open it in several tabs)
-    http://127.0.0.1:8081/balancer-metrics   where the sessions went
+ws://127.0.0.1:8080/chat        the balancer (WebSocket)
+http://127.0.0.1:8000/          the chat page (open it in several tabs)
+http://127.0.0.1:8081/balancer-metrics   where the sessions went
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from ..conformance import bin_path, wait_port
 from ..config import load
+from ..conformance import bin_path, wait_port
 from .backend import chat_page
 
 
@@ -30,8 +30,9 @@ class _Page(Resource):
 
 def main(argv: list[str] | None = None) -> None:
     """Start the demo; Ctrl-C stops everything."""
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     parser.add_argument("--port", type=int, default=8080, help="balancer WebSocket port")
     parser.add_argument("--admin-port", type=int, default=8081)
@@ -51,28 +52,49 @@ def main(argv: list[str] | None = None) -> None:
     children: list[subprocess.Popen[Any]] = []
     try:
         for index, port in enumerate(ports, 1):
-            child = subprocess.Popen([bin_path("wsbalancer-demo-backend"), "--port", str(port),
-                                      "--interface", "127.0.0.1", "--name", f"backend-{index}"])
+            child = subprocess.Popen(
+                [
+                    bin_path("wsbalancer-demo-backend"),
+                    "--port",
+                    str(port),
+                    "--interface",
+                    "127.0.0.1",
+                    "--name",
+                    f"backend-{index}",
+                ]
+            )
             children.append(child)
             wait_port(port, process=child)
-        config = load(None, overrides=[
-            ("listen", f"tcp:{args.port}:interface={args.host}", "flag --port"),
-            ("admin.listen", f"tcp:{args.admin_port}:interface={args.host}", "flag --admin-port"),
-            ("balancing.strategy", args.strategy, "flag --strategy"),
-            ("balancing.poll_interval", "1s", "demo"),
-        ], backends=[f"backend-{i}=ws://127.0.0.1:{p}" for i, p in enumerate(ports, 1)])
+        config = load(
+            None,
+            overrides=[
+                ("listen", f"tcp:{args.port}:interface={args.host}", "flag --port"),
+                (
+                    "admin.listen",
+                    f"tcp:{args.admin_port}:interface={args.host}",
+                    "flag --admin-port",
+                ),
+                ("balancing.strategy", args.strategy, "flag --strategy"),
+                ("balancing.poll_interval", "1s", "demo"),
+            ],
+            backends=[f"backend-{i}=ws://127.0.0.1:{p}" for i, p in enumerate(ports, 1)],
+        )
         service = build_service(config, reactor)
         service.exit_on_listen_error = True
         service.privilegedStartService()
         service.startService()
         reactor.listenTCP(args.page_port, Site(_Page()), interface=args.host)  # type: ignore
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host
-        print(f"\nwsbalancer demo running:\n"
-              f"  chat page         http://{shown}:{args.page_port}/?ws=ws://{shown}:{args.port}/chat\n"
-              f"  balancer          ws://{shown}:{args.port}/  (/chat broadcasts, other paths echo)\n"
-              f"  distribution      http://{shown}:{args.admin_port}/balancer-metrics\n"
-              f"  prometheus        http://{shown}:{args.admin_port}/metrics\n"
-              f"Ctrl-C stops it.\n", flush=True)
+        page = f"http://{shown}:{args.page_port}/?ws=ws://{shown}:{args.port}/chat"
+        print(
+            f"\nwsbalancer demo running:\n"
+            f"  chat page         {page}\n"
+            f"  balancer          ws://{shown}:{args.port}/  (/chat broadcasts, others echo)\n"
+            f"  distribution      http://{shown}:{args.admin_port}/balancer-metrics\n"
+            f"  prometheus        http://{shown}:{args.admin_port}/metrics\n"
+            f"Ctrl-C stops it.\n",
+            flush=True,
+        )
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore
         reactor.run()  # type: ignore[attr-defined]
     finally:
