@@ -130,3 +130,53 @@ def test_seed_environment_alone_is_enough_to_relay() -> None:
                 doc = json.load(r)
         assert [b["id"] for b in doc["backends"]] == ["only"]
         assert doc["backends"][0]["localSessions"] == 1
+
+
+def test_log_level_warn_keeps_session_lines_out() -> None:
+    backend_port, port, admin = free_port(), free_port(), free_port()
+    with processes() as children:
+        backend = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "wsbalancer-demo-backend"),
+                "--port",
+                str(backend_port),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        children.append(backend)
+        wait_port(backend_port, process=backend)
+        outputs = {}
+        for level in ("info", "warn"):
+            balancer = subprocess.Popen(
+                [
+                    TWISTD,
+                    "-n",
+                    "--pidfile=",
+                    "wsbalancer",
+                    "--log-level",
+                    level,
+                    "--listen",
+                    f"tcp:{port}:interface=127.0.0.1",
+                    "--admin-listen",
+                    f"tcp:{admin}:interface=127.0.0.1",
+                    "--backend",
+                    f"ws://127.0.0.1:{backend_port}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=_env(),
+            )
+            wait_port(port, process=balancer)
+            from websockets.sync.client import connect
+
+            with connect(f"ws://127.0.0.1:{port}/echo") as ws:
+                ws.send("x")
+                ws.recv(timeout=10)
+            with connect(f"ws://127.0.0.1:{port}/echo") as ws:  # the first session has ended
+                ws.send("y")
+                ws.recv(timeout=10)
+            balancer.terminate()
+            outputs[level] = balancer.communicate(timeout=20)[0]
+        assert " ended after " in outputs["info"]
+        assert " ended after " not in outputs["warn"]

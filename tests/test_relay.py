@@ -213,3 +213,30 @@ async def test_client_vanishing_closes_the_backend_leg_and_frees_the_session() -
     finally:
         await lb.stop()
         await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_sessions_are_closed_with_1001_and_busy_ones_are_not() -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    backend = start_backend("b1")
+    lb = await start_balancer([backend.url], timeouts__idle="0.3s")
+    try:
+        idle = await aio(websockets.connect(lb.ws_url()))
+        busy = await aio(websockets.connect(lb.ws_url()))
+        started = reactor.seconds()
+        while not idle.close_code:  # bounded by the wait_for timeout below
+            await aio(busy.send("tick"))
+            assert await aio(busy.recv()) == "tick"
+            await deferLater(reactor, 0.05, lambda: None)
+            assert reactor.seconds() - started < 10, "idle session was never closed"
+        assert idle.close_code == 1001 and idle.close_reason == "idle timeout"
+        await aio(busy.send("still open"))
+        assert await aio(busy.recv()) == "still open"
+        await wait_for(lambda: backend.backend.closes, what="idle backend leg closed")
+        assert backend.backend.closes[-1][0] == 1001
+        await aio(busy.close())
+    finally:
+        await lb.stop()
+        await backend.stop()

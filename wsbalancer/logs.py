@@ -35,7 +35,7 @@ def logger(namespace: str) -> Logger:
 
 def set_level(level: str) -> None:
     """Apply `log.level` to our events and to Autobahn's (which stays quieter unless debug)."""
-    _predicate.defaultLogLevel = LEVELS[level]
+    _predicate.setLogLevelForNamespace("", LEVELS[level])
     txaio.set_global_log_level("debug" if level == "debug" else "warn")  # type: ignore[attr-defined]
 
 

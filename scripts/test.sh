@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every test: lint, types, then the whole pytest suite (unit, integration, Autobahn cases).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check wsbalancer tests twisted bench
+.venv/bin/ruff format --check wsbalancer tests twisted bench
+.venv/bin/mypy
+.venv/bin/coverage run -m pytest "$@"
+.venv/bin/coverage report --skip-covered --skip-empty | tail -n 1
