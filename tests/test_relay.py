@@ -240,3 +240,27 @@ async def test_idle_sessions_are_closed_with_1001_and_busy_ones_are_not() -> Non
     finally:
         await lb.stop()
         await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_permessage_deflate_is_negotiated_per_leg() -> None:
+    backend = start_backend("b1")
+    default = await start_balancer([backend.url])
+    mirror = await start_balancer([backend.url], compression__backend="mirror")
+    try:
+        for lb, backend_offered in ((default, False), (mirror, True)):
+            ws = await aio(websockets.connect(lb.ws_url()))  # websockets offers deflate
+            assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]
+            text = "compressible " * 5000
+            await aio(ws.send(text))
+            assert await aio(ws.recv()) == text
+            offered = backend.backend.handshakes[-1]["headers"].get("sec-websocket-extensions", "")
+            assert ("permessage-deflate" in offered) is backend_offered
+            await aio(ws.close())
+        plain = await aio(websockets.connect(default.ws_url(), compression=None))
+        assert "Sec-WebSocket-Extensions" not in plain.response.headers
+        await aio(plain.close())
+    finally:
+        await default.stop()
+        await mirror.stop()
+        await backend.stop()

@@ -102,6 +102,7 @@ class Config:
     tls_verify: bool = True
     tls_ca_file: str | None = None
     compression: bool = True
+    backend_compression: str = "off"
     reconnect_header: str = "X-Balancer-Reconnect"
     abnormal_close_codes: tuple[int, ...] = (1006, 1011, 1012, 1001, 1013)
     log_level: str = "info"
@@ -344,7 +345,8 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "headers.trust_x_forwarded_for": (parse_bool, "trust_x_forwarded_for"),
     "tls.verify": (parse_bool, "tls_verify"),
     "tls.ca_file": (parse_ca_file, "tls_ca_file"),
-    "compression": (parse_bool, "compression"),
+    "compression.client": (parse_bool, "compression"),
+    "compression.backend": (_enum(("off", "mirror")), "backend_compression"),
     "failover.reconnect_header": (str, "reconnect_header"),
     "failover.close_codes": (parse_close_codes, "abnormal_close_codes"),
     "log.level": (_enum(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}), "log_level"),
