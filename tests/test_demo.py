@@ -15,6 +15,9 @@ from websockets.sync.client import connect
 from wsbalancer.conformance import free_port, processes, wait_port
 
 
+DEMO = str(Path(sys.executable).parent / "wsbalancer-demo")
+
+
 def _distribution(admin: int) -> list[int]:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/balancer-metrics", timeout=10) as r:
         doc = json.load(r)
