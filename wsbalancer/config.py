@@ -56,7 +56,7 @@ class BackendConfig:
 
     id: str
     url: str
-    metric_url: str
+    metric_url: str | None  # None: the backend has no count endpoint; only ours is known
     weight: float = 1.0
 
 
@@ -103,6 +103,7 @@ class Config:
     tls_ca_file: str | None = None
     compression: bool = True
     backend_compression: str = "off"
+    compression_level: int = 1
     reconnect_header: str = "X-Balancer-Reconnect"
     abnormal_close_codes: tuple[int, ...] = (1006, 1011, 1012, 1001, 1013)
     log_level: str = "info"
@@ -282,6 +283,14 @@ def parse_endpoints(value: Any) -> tuple[str, ...]:
     return endpoints
 
 
+def parse_compression_level(value: Any) -> int:
+    """A zlib level, 1 (fastest) to 9 (smallest)."""
+    level = parse_int(value)
+    if not 1 <= level <= 9:
+        raise ValueError(f"expected a zlib level from 1 to 9, got {value!r}")
+    return level
+
+
 def parse_path(value: Any) -> str:
     """An absolute URL path."""
     text = str(value).strip()
@@ -347,6 +356,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "tls.ca_file": (parse_ca_file, "tls_ca_file"),
     "compression.client": (parse_bool, "compression"),
     "compression.backend": (_enum(("off", "mirror")), "backend_compression"),
+    "compression.level": (parse_compression_level, "compression_level"),
     "failover.reconnect_header": (str, "reconnect_header"),
     "failover.close_codes": (parse_close_codes, "abnormal_close_codes"),
     "log.level": (_enum(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}), "log_level"),
@@ -552,13 +562,16 @@ def _build_backend(spec: _BackendSpec, metric_path: str) -> BackendConfig:
         raise ConfigError(f"{spec.source}: url: bad port in {spec.url!r}")
     http_scheme = "https" if parts.scheme == "wss" else "http"
     metric = str(spec.metric) if spec.metric not in (None, "") else metric_path
-    if metric.startswith("/"):
+    metric_url: str | None
+    if metric.lower() == "none":
+        metric_url = None
+    elif metric.startswith("/"):
         metric_url = urlunsplit((http_scheme, parts.netloc, metric, "", ""))
     elif re.match(r"^https?://", metric):
         metric_url = metric
     else:
         raise ConfigError(
-            f"{spec.source}: metric: expected a path or an http(s) URL, got {spec.metric!r}"
+            f"{spec.source}: metric: expected a path, an http(s) URL or none, got {spec.metric!r}"
         )
     try:
         weight = float(spec.weight)

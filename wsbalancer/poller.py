@@ -63,13 +63,19 @@ class CountPoller:
 
     def poll_once(self) -> Deferred[None]:
         """Fetch every backend once, concurrently; the Deferred never fails."""
-        fetches = [self.poll_backend(b) for b in list(self.pool.backends.values())]
+        fetches = [
+            self.poll_backend(b)
+            for b in list(self.pool.backends.values())
+            if b.config.metric_url is not None
+        ]
         return DeferredList(fetches, consumeErrors=True).addCallback(lambda _: None)
 
     def poll_backend(self, backend: BackendState) -> Deferred[None]:
         """Fetch one backend's count and apply the result; never fails."""
+        url = backend.config.metric_url
+        assert url is not None, "backends without a metric endpoint are not polled"
         started = self.clock.seconds()
-        d: Deferred[Any] = ensureDeferred(self._fetch(backend.config.metric_url))
+        d: Deferred[Any] = ensureDeferred(self._fetch(url))
         d.addTimeout(self.timeout, self.clock)
 
         def succeeded(pod: PodInfo) -> None:

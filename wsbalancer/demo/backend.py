@@ -24,6 +24,8 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from ..relay import tune_compression
+
 
 class DemoProtocol(WebSocketServerProtocol):
     """One client of the demo backend."""
@@ -46,6 +48,7 @@ class DemoProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         backend: DemoBackend = self.factory.backend
+        tune_compression(self, backend.compression_level)
         backend.clients.add(self)
         if self.chat:
             self.sendMessage(f"connected to {backend.name}".encode())
@@ -84,10 +87,12 @@ class DemoBackend:
         compression: bool = True,
         deny_status: int = 0,
         protocol: type[DemoProtocol] = DemoProtocol,
+        compression_level: int = 6,
     ) -> None:
         self.name = name
         self.subprotocols = subprotocols
         self.deny_status = deny_status
+        self.compression_level = compression_level
         self.clients: set[DemoProtocol] = set()
         self.closes: deque[tuple[Any, Any]] = deque(maxlen=100)  # (code, reason) seen
         self.handshakes: deque[dict[str, Any]] = deque(maxlen=100)  # for tests to inspect
@@ -154,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None)
     parser.add_argument("--subprotocols", default="", help="comma-separated, in preference order")
     parser.add_argument("--no-compression", action="store_true")
+    parser.add_argument("--compression-level", type=int, default=6, choices=range(1, 10))
     parser.add_argument(
         "--deny-status",
         type=int,
@@ -168,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         tuple(p for p in args.subprotocols.split(",") if p),
         compression=not args.no_compression,
         deny_status=args.deny_status,
+        compression_level=args.compression_level,
     )
     port = reactor.listenTCP(args.port, backend.site(), interface=args.interface)  # type: ignore
     address: Any = port.getHost()
