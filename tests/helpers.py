@@ -53,7 +53,9 @@ class RunningBackend:
 
     async def stop(self) -> None:
         """Stop listening and drop every connection (a crashed backend)."""
-        await self.port.stopListening()
+        stopped = self.port.stopListening()
+        if stopped is not None:  # None: it had stopped already
+            await stopped
         for connection in list(self.tracker.protocols):
             connection.transport.abortConnection()
 
@@ -110,3 +112,8 @@ async def get_json(url: str) -> tuple[int, Any]:
     response = await treq.get(url, persistent=False)
     body = await response.content()
     return response.code, json.loads(body)
+
+
+def recv(ws: Any, timeout: float = TIMEOUT) -> defer.Deferred[Any]:
+    """A websockets message, failing the test after `timeout` seconds instead of hanging."""
+    return aio(asyncio.wait_for(ws.recv(), timeout))

@@ -14,7 +14,6 @@ from websockets.sync.client import connect
 
 from wsbalancer.conformance import free_port, processes, wait_port
 
-
 DEMO = str(Path(sys.executable).parent / "wsbalancer-demo")
 
 

@@ -182,9 +182,9 @@ async def test_close_codes_cross_both_ways() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_backend_dying_mid_session_gives_1014_not_1000() -> None:
+async def test_backend_dying_mid_session_gives_1014_not_1000_without_failover() -> None:
     backend = start_backend("b1")
-    lb = await start_balancer([backend.url])
+    lb = await start_balancer([backend.url], failover__enabled="false")
     try:
         ws = await aio(websockets.connect(lb.ws_url()))
         await aio(ws.send("x"))
@@ -192,8 +192,26 @@ async def test_backend_dying_mid_session_gives_1014_not_1000() -> None:
         await backend.stop()
         with pytest.raises(ConnectionClosed):
             await aio(ws.recv())
-        assert ws.close_code == 1014
+        assert (ws.close_code, ws.close_reason) == (1014, "backend connection lost")
         assert lb.balancer.sessions == {}
+        assert lb.balancer.pool.backends[backend.id].local_sessions == 0
+    finally:
+        await lb.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_failover_with_nothing_left_gives_1013_after_its_attempts() -> None:
+    backend = start_backend("b1")
+    lb = await start_balancer([backend.url], failover__backoff="50ms")
+    try:
+        ws = await aio(websockets.connect(lb.ws_url()))
+        await aio(ws.send("x"))
+        assert await aio(ws.recv()) == "x"
+        await backend.stop()
+        with pytest.raises(ConnectionClosed):
+            await aio(ws.recv())
+        assert (ws.close_code, ws.close_reason) == (1013, "no backend available")
+        await wait_for(lambda: not lb.balancer.sessions, what="session to be freed")
         assert lb.balancer.pool.backends[backend.id].local_sessions == 0
     finally:
         await lb.stop()

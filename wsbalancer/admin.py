@@ -6,7 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client.twisted import MetricsResource
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -116,14 +117,49 @@ class IndexResource(Resource):
         return ("wsbalancer admin\n" + "".join(f"  {p}\n" for p in self.paths)).encode()
 
 
+class PrometheusResource(Resource):
+    """`/metrics` in Prometheus' text format, collected in the reactor thread (the state it
+    reads is the reactor's; prometheus_client's own twisted resource uses a thread pool)."""
+
+    isLeaf = True
+
+    def __init__(self, registry: Any) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self.registry)
+
+
+class _Folder(Resource):
+    """A path segment; unknown children get a plain 404."""
+
+    def getChild(self, path: bytes, request: Request) -> Any:
+        return notFound("Not found", "No such admin endpoint.")
+
+
+def _put(root: Resource, path: str, resource: Any) -> None:
+    """Mount `resource` at a path of one or more segments."""
+    *parents, leaf = [segment.encode() for segment in path.strip("/").split("/")]
+    node = root
+    for segment in parents:
+        child = node.children.get(segment)
+        if child is None:
+            child = _Folder()
+            node.putChild(segment, child)
+        node = child
+    node.putChild(leaf, resource)
+
+
 def admin_site(balancer: Balancer) -> Site:
     """The twisted.web site of the admin endpoint."""
-    root = Resource()
-    metric_path = balancer.config.balancer_metric_path.strip("/").encode()
-    paths = [f"/{metric_path.decode()}", "/metrics", "/healthz", "/readyz"]
+    root = _Folder()
+    metric_path = "/" + balancer.config.balancer_metric_path.strip("/")
+    paths = [metric_path, "/metrics", "/healthz", "/readyz"]
     root.putChild(b"", IndexResource(paths))
-    root.putChild(metric_path, JSONResource(lambda: (200, balancer_metrics(balancer))))
-    root.putChild(b"metrics", MetricsResource(registry=balancer.metrics.registry))
+    _put(root, metric_path, JSONResource(lambda: (200, balancer_metrics(balancer))))
+    root.putChild(b"metrics", PrometheusResource(balancer.metrics.registry))
     root.putChild(b"healthz", JSONResource(lambda: (200, {"status": "ok"})))
 
     def readiness() -> tuple[int, dict[str, Any]]:

@@ -8,22 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
-
+from .compression import accept_deflate_offer, refuse_compression
 from .config import Config
 from .dialer import BackendDialer
 from .logs import logger
 from .metrics import BalancerMetrics
 from .pool import BackendPool, BackendState
-from .relay import BackendProtocol, RelayFactory, RelaySession, peer_host
-
-
-def accept_deflate_offer(offers: list[Any]) -> Any:
-    """Accept a client's permessage-deflate offer (the first one we can honour)."""
-    for offer in offers:
-        if isinstance(offer, PerMessageDeflateOffer):
-            return PerMessageDeflateOfferAccept(offer)
-    return None
+from .relay import BackendProtocol, RelayFactory
+from .session import RelaySession, peer_host
 
 
 class Balancer:
@@ -74,7 +66,7 @@ class Balancer:
             webStatus=False,
             tcpNoDelay=True,
             perMessageCompressionAccept=(
-                accept_deflate_offer if config.compression else (lambda offers: None)
+                accept_deflate_offer if config.compression else refuse_compression
             ),
         )
         factory.server = "wsbalancer"
@@ -120,6 +112,39 @@ class Balancer:
             msgs_out=session.msgs_out,
             bytes_out=session.bytes_out,
         )
+
+    def failover_started(
+        self, session: RelaySession, backend: BackendState | None, reason: str
+    ) -> None:
+        """A session's backend leg died under an open client; it is being re-dialled."""
+        backend_id = backend.id if backend is not None else "-"
+        self.metrics.failovers.labels(backend_id).inc()
+        self.log.warn(
+            "session {session} lost backend {backend} ({reason}); failing over",
+            session=session.id,
+            backend=backend_id,
+            reason=reason,
+        )
+
+    def failover_done(self, session: RelaySession, error: str | None) -> None:
+        """A failover ended: on a new backend (error None) or given up."""
+        if error is None:
+            assert session.backend_state is not None
+            self.metrics.failover_outcomes.labels("ok").inc()
+            self.log.info(
+                "session {session} failed over to {backend} (reconnect {n}, {held} held "
+                "messages delivered, {lost} possibly lost so far)",
+                session=session.id,
+                backend=session.backend_state.id,
+                n=session.reconnects,
+                held=0,
+                lost=session.lost,
+            )
+        else:
+            self.metrics.failover_outcomes.labels("gave_up").inc()
+            self.log.warn(
+                "session {session} failover gave up: {error}", session=session.id, error=error
+            )
 
     def handshake_outcome(self, outcome: str) -> None:
         """Count a client handshake's outcome (bounded set of labels)."""

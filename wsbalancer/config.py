@@ -19,6 +19,8 @@ import yaml
 STRATEGIES = ("least-loaded", "power-of-two", "round-robin")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 ENV_PREFIX = "WSBALANCER_"
+# Twisted server endpoint types: such strings pass as they are.
+ENDPOINT_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix", "systemd", "le", "lets", "onion"})
 
 # Headers that belong to one hop or to the WebSocket handshake itself: each leg writes its own.
 HANDSHAKE_HEADERS = frozenset(
@@ -104,6 +106,10 @@ class Config:
     compression: bool = True
     backend_compression: str = "off"
     compression_level: int = 1
+    failover: bool = True
+    failover_attempts: int = 3
+    failover_backoff: float = 0.25
+    failover_buffer: int = 1024 * 1024
     reconnect_header: str = "X-Balancer-Reconnect"
     abnormal_close_codes: tuple[int, ...] = (1006, 1011, 1012, 1001, 1013)
     log_level: str = "info"
@@ -253,6 +259,8 @@ def parse_endpoint(value: Any) -> str:
     text = str(value).strip()
     if not text:
         raise ValueError("empty listen address")
+    if text.split(":", 1)[0] in ENDPOINT_TYPES:
+        return text
     m = re.match(r"^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.\-]*)):(\d+)$", text)
     if m:
         host = m.group(1) or m.group(2) or ""
@@ -264,8 +272,6 @@ def parse_endpoint(value: Any) -> str:
         if m.group(1):
             return f"tcp6:{port}:interface={host.replace(':', chr(92) + ':')}"
         return f"tcp:{port}:interface={host}"
-    if re.match(r"^[a-z][a-z0-9]*:", text):
-        return text
     raise ValueError(f"expected an endpoint such as tcp:8080 or 127.0.0.1:8080, got {value!r}")
 
 
@@ -289,6 +295,14 @@ def parse_compression_level(value: Any) -> int:
     if not 1 <= level <= 9:
         raise ValueError(f"expected a zlib level from 1 to 9, got {value!r}")
     return level
+
+
+def parse_metric_path(value: Any) -> str:
+    """Where backends report their count: a path, an http(s) URL, or none."""
+    text = str(value).strip()
+    if text.lower() == "none" or text.startswith("/") or re.match(r"^https?://", text):
+        return text
+    raise ValueError(f"expected a path starting with /, an http(s) URL or none, got {value!r}")
 
 
 def parse_path(value: Any) -> str:
@@ -330,7 +344,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "balancing.poll_interval": (parse_positive_duration, "poll_interval"),
     "balancing.count_ttl": (parse_positive_duration, "count_ttl"),
     "balancing.fetch_timeout": (parse_positive_duration, "fetch_timeout"),
-    "balancing.metric_path": (str, "_metric_path"),
+    "balancing.metric_path": (parse_metric_path, "_metric_path"),
     "health.fall": (parse_positive_int, "health_fall"),
     "health.rise": (parse_positive_int, "health_rise"),
     "breaker.threshold": (parse_positive_int, "breaker_threshold"),
@@ -357,6 +371,10 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "compression.client": (parse_bool, "compression"),
     "compression.backend": (_enum(("off", "mirror")), "backend_compression"),
     "compression.level": (parse_compression_level, "compression_level"),
+    "failover.enabled": (parse_bool, "failover"),
+    "failover.attempts": (parse_positive_int, "failover_attempts"),
+    "failover.backoff": (parse_positive_duration, "failover_backoff"),
+    "failover.buffer": (parse_size, "failover_buffer"),
     "failover.reconnect_header": (str, "reconnect_header"),
     "failover.close_codes": (parse_close_codes, "abnormal_close_codes"),
     "log.level": (_enum(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}), "log_level"),

@@ -9,11 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory
-from autobahn.websocket.compress import (
-    PerMessageDeflateOffer,
-    PerMessageDeflateResponse,
-    PerMessageDeflateResponseAccept,
-)
+from autobahn.websocket.compress import PerMessageDeflateOffer
 from twisted.internet import defer, ssl
 from twisted.internet.endpoints import (
     HostnameEndpoint,
@@ -24,6 +20,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 
+from .compression import accept_deflate_response
 from .config import BackendConfig, Config
 
 
@@ -38,13 +35,6 @@ class BackendHandshakeError(Exception):
 
 class BackendConnectError(Exception):
     """The backend leg could not be opened (connect failure, timeout, lost mid-handshake)."""
-
-
-def accept_deflate_response(response: Any) -> Any:
-    """Accept the backend's permessage-deflate answer to our offer."""
-    if isinstance(response, PerMessageDeflateResponse):
-        return PerMessageDeflateResponseAccept(response)
-    return None
 
 
 def backend_resource(backend_url: str, client_uri: str) -> str:

@@ -53,7 +53,8 @@ def backend_request_headers(
     for name, value in client_headers:
         lname = name.lower()
         if lname.startswith("x-forwarded-") or lname == "host":
-            incoming[lname] = value
+            # A chain split over several header lines is one chain.
+            incoming[lname] = f"{incoming[lname]}, {value}" if lname in incoming else value
         if lname in HANDSHAKE_HEADERS or lname in _WRITTEN_BY_BACKEND_LEG or lname in blocked:
             continue
         if not forward_all and lname not in allowed:

@@ -58,6 +58,15 @@ class BalancerMetrics:
             registry=r,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        self.failovers = Counter(
+            "wsbalancer_failovers",
+            "Backend legs lost under an open client and re-dialled",
+            ["backend"],
+            registry=r,
+        )
+        self.failover_outcomes = Counter(
+            "wsbalancer_failover_outcomes", "How failovers ended", ["outcome"], registry=r
+        )
         self.state_changes = Counter(
             "wsbalancer_backend_state_changes",
             "Health and breaker transitions",

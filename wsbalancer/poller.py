@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import treq
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 
@@ -75,8 +76,13 @@ class CountPoller:
         url = backend.config.metric_url
         assert url is not None, "backends without a metric endpoint are not polled"
         started = self.clock.seconds()
+        self.pool.poll_started(backend)
         d: Deferred[Any] = ensureDeferred(self._fetch(url))
-        d.addTimeout(self.timeout, self.clock)
+
+        def timed_out(result: Any, timeout: float) -> Any:
+            raise MetricError(f"no answer within {timeout:g}s")
+
+        d.addTimeout(self.timeout, self.clock, onTimeoutCancel=timed_out)
 
         def succeeded(pod: PodInfo) -> None:
             if backend.id not in self.pool.backends:
@@ -111,24 +117,29 @@ class CountPoller:
 
     async def _fetch(self, url: str) -> PodInfo:
         response = await self.http.get(url, headers={"Accept": ["application/json"]})
-        if response.code != 200:
-            await _discard(response)
-            raise MetricError(f"HTTP {response.code}")
         length = getattr(response, "length", None)
         if isinstance(length, int) and length > MAX_METRIC_BODY:
-            await _discard(response)
-            raise MetricError(f"body of {length} bytes is too large")
-        body = await response.content()
-        if len(body) > MAX_METRIC_BODY:
-            raise MetricError(f"body of {len(body)} bytes is too large")
-        return parse_metric(body)
+            await _read_limited(response, 0)  # aborts the transfer unread
+        if response.code != 200:
+            await _read_limited(response, MAX_METRIC_BODY)  # keeps the connection reusable
+            raise MetricError(f"HTTP {response.code}")
+        return parse_metric(await _read_limited(response, MAX_METRIC_BODY))
 
 
-async def _discard(response: Any) -> None:
-    try:
-        await response.content()
-    except Exception:
-        pass
+async def _read_limited(response: Any, limit: int) -> bytes:
+    """The body, or MetricError (and the transfer aborted) once it grows past `limit`."""
+    chunks: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > limit:
+            raise MetricError(f"body too large (over {MAX_METRIC_BODY} bytes)")
+        chunks.append(data)
+
+    await treq.collect(response, collect)
+    return b"".join(chunks)
 
 
 def _describe(error: BaseException, timeout: float) -> str:

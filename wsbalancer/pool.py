@@ -4,8 +4,8 @@ A backend's load is this instance's own sessions on it (known exactly, dials in 
 included, so a burst spreads) plus the sessions of everyone else: the count the backend last
 reported on its metric endpoint (the fleet-wide truth) less this instance's sessions when that
 report arrived. Reading only "everyone else" from the report keeps a report that raced with
-our own opens and closes from counting them twice (a session we closed since the previous
-report may still be in the backend's count, so it is not taken for someone else's).
+our own opens and closes from counting them twice (a session we closed while the count was
+being fetched may still be in it, so it is not taken for someone else's).
 A failed report is never read as zero: the backend is flagged stale and keeps its last
 estimate, or falls back to this instance's own count once the report is older than the
 count TTL.
@@ -121,15 +121,20 @@ class BackendPool:
 
     # --- the pick ---------------------------------------------------------------------
 
+    def breaker_state(self, backend: BackendState) -> str:
+        """The breaker as it stands now: an open one whose cool-down is over is half-open."""
+        if backend.breaker == OPEN and self.seconds() >= backend.breaker_until:
+            return HALF_OPEN
+        return backend.breaker
+
     def usable(self, backend: BackendState) -> bool:
-        """Whether a new session may go to this backend now."""
+        """Whether a new session may go to this backend now (no side effects)."""
         if not backend.enabled or backend.draining or backend.health != UP:
             return False
-        if backend.breaker == OPEN:
-            if self.seconds() < backend.breaker_until:
-                return False
-            self._set_breaker(backend, HALF_OPEN)
-        if backend.breaker == HALF_OPEN:
+        breaker = self.breaker_state(backend)
+        if breaker == OPEN:
+            return False
+        if breaker == HALF_OPEN:
             return backend.dialing == 0  # one trial dial at a time
         return True
 
@@ -154,6 +159,8 @@ class BackendPool:
         else:
             chosen = self._least_loaded(choices)
         chosen.picks += 1
+        if chosen.breaker == OPEN:  # its cool-down is over: this dial is the trial
+            self._set_breaker(chosen, HALF_OPEN)
         return chosen
 
     def _least_loaded(self, choices: Sequence[BackendState]) -> BackendState:
@@ -213,6 +220,10 @@ class BackendPool:
 
     # --- count reports ----------------------------------------------------------------
 
+    def poll_started(self, backend: BackendState) -> None:
+        """A count request is going out: only closes from now on may be in its answer."""
+        backend.closed_since_report = 0
+
     def poll_succeeded(self, backend: BackendState, pod: PodInfo) -> None:
         """The backend reported its count: what is not ours belongs to everyone else."""
         now = self.seconds()
@@ -259,16 +270,6 @@ class BackendPool:
     def any_usable(self) -> bool:
         """Whether a new session could be placed now (readiness)."""
         return any(
-            b.enabled
-            and not b.draining
-            and b.health == UP
-            and b.breaker != OPEN
-            or (
-                b.breaker == OPEN
-                and self.seconds() >= b.breaker_until
-                and b.health == UP
-                and b.enabled
-                and not b.draining
-            )
+            b.enabled and not b.draining and b.health == UP and self.breaker_state(b) != OPEN
             for b in self.backends.values()
         )

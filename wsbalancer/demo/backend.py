@@ -24,7 +24,7 @@ from autobahn.websocket.types import ConnectionDeny
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from ..relay import tune_compression
+from ..compression import tune_compression
 
 
 class DemoProtocol(WebSocketServerProtocol):

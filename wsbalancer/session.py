@@ -1,0 +1,495 @@
+"""One client's session: opening it on a backend, relaying, failing over, closing it.
+
+The protocols (`relay.py`) translate Autobahn events into calls on `RelaySession`; this module
+decides what happens: which backend, which close code the other side gets, whether a lost
+backend leg is re-dialled while the client stays connected.
+
+Failover: when the backend leg ends abnormally (no close frame, a ping timeout, or a close
+code listed in `failover.close_codes`) and the client is still open, the session is dialled
+again on another usable backend with the same path, headers and subprotocol plus
+`X-Balancer-Reconnect: <attempt>`. Client messages that arrive meanwhile are held in order
+(up to `failover.buffer`; beyond it the client's reads pause, so nothing is dropped) and
+delivered first. What can be lost is what the dead backend had already been sent and not
+acted on: the session counts, as `unanswered`, the client messages relayed to that backend
+after the last message it sent back, an upper bound for request/response traffic.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.task import deferLater
+from zope.interface import implementer
+
+from .dialer import BackendConnectError, BackendHandshakeError, backend_resource
+from .headers import backend_request_headers, parse_raw_headers, pass_back_headers
+
+if TYPE_CHECKING:
+    from .balancer import Balancer
+    from .pool import BackendState
+    from .relay import BackendProtocol, FrontendProtocol
+
+OPEN = WebSocketProtocol.STATE_OPEN
+CLOSED = WebSocketProtocol.STATE_CLOSED
+# Codes that can never appear on the wire; each is translated when carried across.
+NOT_ON_WIRE = (1005, 1006, 1015)
+NO_CLOSE_FRAME = 1006
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN = 1013
+CLOSE_BAD_GATEWAY = 1014
+
+_session_ids = itertools.count(1)
+
+
+class NoBackendError(Exception):
+    """No backend took the session; `status` is what the client is told (4xx or 503)."""
+
+    def __init__(self, status: int, reason: str, errors: list[str], reached: bool = False) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.errors = errors
+        self.reached = reached  # some backend answered, but not with a usable session
+
+
+class RelaySession:
+    """One client's session: its two legs, the backend it sits on, its counters."""
+
+    __slots__ = (
+        "balancer",
+        "id",
+        "client",
+        "backend",
+        "backend_state",
+        "started",
+        "opened",
+        "msgs_in",
+        "msgs_out",
+        "bytes_in",
+        "bytes_out",
+        "dial",
+        "ended",
+        "client_gone",
+        "close_code",
+        "close_reason",
+        "closed_by",
+        "idle_mark",
+        "dial_args",
+        "held",
+        "held_bytes",
+        "reconnecting",
+        "reconnects",
+        "unanswered",
+        "lost",
+        "subprotocol",
+    )
+
+    def __init__(self, balancer: Balancer, client: FrontendProtocol) -> None:
+        self.balancer = balancer
+        self.id = next(_session_ids)
+        self.client = client
+        self.backend: BackendProtocol | None = None
+        self.backend_state: BackendState | None = None
+        self.started = balancer.clock.seconds()
+        self.opened = False
+        self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
+        self.dial: defer.Deferred[Any] | None = None
+        self.ended = False
+        self.client_gone = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.closed_by = ""
+        self.idle_mark = -1
+        self.dial_args: dict[str, Any] = {}
+        self.held: deque[tuple[bytes, bool]] = deque()
+        self.held_bytes = 0
+        self.reconnecting = False
+        self.reconnects = 0
+        self.unanswered = 0  # client messages sent to the backend since it last sent one
+        self.lost = 0  # of those, the ones sent to backends that then died
+        self.subprotocol: str | None = None
+
+    # --- opening ------------------------------------------------------------------
+
+    def start(self, request: Any) -> defer.Deferred[Any]:
+        """Route, pick and dial; fires with (subprotocol, headers) for the client's 101."""
+        return defer.ensureDeferred(self._open(request))
+
+    async def _open(self, request: Any) -> tuple[str | None, dict[str, list[str]]]:
+        balancer = self.balancer
+        config = balancer.config
+        client = self.client
+        raw = parse_raw_headers(client.http_request_data)
+        is_tls = ISSLTransport.providedBy(client.transport)
+        # The backend leg is offered compression only when asked to mirror the client's:
+        # on a data-centre link it mostly costs CPU on both ends.
+        offers_deflate = (
+            config.compression
+            and config.backend_compression == "mirror"
+            and any(name == "permessage-deflate" for name, _ in request.extensions)
+        )
+        self.dial_args = {
+            "uri": client.http_request_uri,
+            "headers": backend_request_headers(raw, config, peer_host(client), is_tls),
+            "origin": request.origin,
+            "protocols": list(request.protocols),
+            "offer_deflate": offers_deflate,
+        }
+        try:
+            leg = await self._connect(exclude=())
+        except NoBackendError as e:
+            balancer.handshake_outcome("backend_refused" if e.status < 500 else "no_backend")
+            if e.status >= 500:
+                balancer.no_backend(self, e.errors)
+            raise ConnectionDeny(e.status, e.reason)
+        except defer.CancelledError:
+            raise ConnectionDeny(499, "client went away")
+        if self.client_gone:
+            self._end_backend(CLOSE_GOING_AWAY, "client went away")
+            raise ConnectionDeny(499, "client went away")
+        self.subprotocol = leg.websocket_protocol_in_use
+        balancer.session_opened(self)
+        back = pass_back_headers(parse_raw_headers(leg.http_response_data), config)
+        return self.subprotocol, back
+
+    async def _connect(self, exclude: Any, attempt: int = 0) -> BackendProtocol:
+        """Dial usable backends in pick order until one opens; attach it to the session."""
+        balancer = self.balancer
+        pool = balancer.pool
+        args = self.dial_args
+        headers = args["headers"]
+        protocols = args["protocols"]
+        if attempt:
+            headers = {**headers, balancer.config.reconnect_header: str(attempt)}
+            # The client already speaks the subprotocol the first backend chose.
+            protocols = [self.subprotocol] if self.subprotocol else []
+        tried = list(exclude)
+        errors: list[str] = []
+        reached = False
+        while (backend := pool.pick(exclude=tried)) is not None:
+            tried.append(backend.id)
+            pool.dial_started(backend)
+            self.dial = balancer.dialer.dial(
+                backend.config,
+                backend_resource(backend.config.url, args["uri"]),
+                headers,
+                args["origin"],
+                protocols,
+                args["offer_deflate"],
+                self,
+            )
+            try:
+                leg = await self.dial
+            except BackendHandshakeError as e:
+                server_error = e.status is None or e.status >= 500
+                pool.dial_failed(backend, counts_against_breaker=server_error)
+                balancer.dial_failed(backend, f"handshake {e}")
+                if not server_error and not attempt:
+                    assert e.status is not None
+                    raise NoBackendError(e.status, e.reason or HTTPStatus(e.status).phrase, [])
+                errors.append(f"{backend.id}: {e}")
+                reached = True
+                continue
+            except defer.CancelledError:
+                pool.dial_failed(backend, counts_against_breaker=False)
+                raise
+            except (BackendConnectError, defer.TimeoutError) as e:
+                pool.dial_failed(backend, counts_against_breaker=True)
+                reason = str(e) if isinstance(e, BackendConnectError) else "timed out"
+                balancer.dial_failed(backend, reason)
+                errors.append(f"{backend.id}: {reason}")
+                continue
+            finally:
+                self.dial = None
+            pool.dial_succeeded(backend)
+            if attempt and leg.websocket_protocol_in_use != self.subprotocol:
+                errors.append(f"{backend.id}: chose subprotocol {leg.websocket_protocol_in_use!r}")
+                reached = True
+                leg.session = self
+                self.backend, self.backend_state = leg, backend
+                self._drop_backend_leg(leg, "subprotocol mismatch")
+                continue
+            self.backend, self.backend_state = leg, backend
+            leg.session = self
+            if not self.client_gone:
+                self.client.partner = leg
+                leg.partner = self.client
+            return leg
+        raise NoBackendError(503, "no backend available", errors, reached)
+
+    def client_opened(self) -> None:
+        """The client got its 101: start flow control both ways."""
+        self.opened = True
+        self.balancer.handshake_outcome("ok")
+        if self.backend is not None:
+            _pair_flow(self.client, self.backend)
+
+    # --- failover -------------------------------------------------------------------
+
+    def fails_over(self, code: int | None) -> bool:
+        """Whether a backend leg ending with `code` (1006: no close frame) is re-dialled."""
+        config = self.balancer.config
+        return (
+            config.failover
+            and self.opened
+            and not self.client_gone
+            and self.client.state == OPEN
+            and code in config.abnormal_close_codes
+        )
+
+    def hold(self, payload: bytes, is_binary: bool) -> None:
+        """A client message while no backend leg is open: keep it, in order."""
+        self.held.append((payload, is_binary))
+        self.held_bytes += len(payload)
+        if self.held_bytes >= self.balancer.config.failover_buffer:
+            transport: Any = self.client.transport
+            if transport is not None:
+                transport.pauseProducing()  # hold no more: the client waits, nothing drops
+
+    def backend_failed(self, leg: BackendProtocol, reason: str) -> None:
+        """The backend leg died under an open client: re-dial elsewhere."""
+        state = self.backend_state
+        self._detach(leg)
+        self.lost += self.unanswered
+        self.unanswered = 0
+        self.reconnecting = True
+        self.balancer.failover_started(self, state, reason)
+        defer.ensureDeferred(self._reconnect(state.id if state else None))
+
+    async def _reconnect(self, dead: str | None) -> None:
+        balancer = self.balancer
+        config = balancer.config
+        exclude = [dead] if dead else []
+        errors: list[str] = []
+        reached = False
+        for attempt in range(1, config.failover_attempts + 1):
+            if self.client_gone:
+                return
+            try:
+                await self._connect(exclude, attempt=self.reconnects + 1)
+            except NoBackendError as e:
+                errors += e.errors
+                reached = reached or e.reached
+                exclude = []  # the next round may find the dead backend back
+                delay = config.failover_backoff * 2 ** (attempt - 1)
+                await deferLater(balancer.clock, delay, lambda: None)
+                continue
+            except defer.CancelledError:
+                return
+            if self.client_gone:
+                self._end_backend(CLOSE_GOING_AWAY, "client went away")
+                return
+            self.reconnects += 1
+            self.reconnecting = False
+            self._flush_held()
+            _pair_flow(self.client, self.backend)
+            balancer.failover_done(self, None)
+            return
+        self.reconnecting = False
+        # 1014 when backends answered but none would take the session; 1013 when none
+        # could be reached at all (the client should come back later).
+        code = CLOSE_BAD_GATEWAY if reached else CLOSE_TRY_AGAIN
+        reason = b"no backend accepted the session" if reached else b"no backend available"
+        balancer.failover_done(self, "; ".join(errors) or "no backend usable")
+        self._record(code, reason, "backend")
+        self._close_client(code, reason)
+        self._finish_when_closed()
+
+    def _flush_held(self) -> None:
+        leg = self.backend
+        assert leg is not None
+        while self.held:
+            payload, is_binary = self.held.popleft()
+            self.unanswered += 1
+            leg.sendMessage(payload, is_binary)
+        self.held_bytes = 0
+        transport: Any = self.client.transport
+        if transport is not None:
+            transport.resumeProducing()
+
+    def _detach(self, leg: BackendProtocol) -> None:
+        """Forget a dead backend leg: its backend no longer carries this session."""
+        if self.backend is leg:
+            if self.backend_state is not None:
+                self.balancer.pool.session_closed(self.backend_state)
+            self.backend = None
+            self.backend_state = None
+            self.client.partner = None
+            client_transport: Any = self.client.transport
+            if client_transport is not None:
+                try:
+                    client_transport.unregisterProducer()
+                except Exception:
+                    pass
+                _resume(self.client)
+        leg.partner = None
+
+    def _drop_backend_leg(self, leg: BackendProtocol, reason: str) -> None:
+        self._detach(leg)
+        leg.session = None
+        if leg.state == OPEN:
+            leg.sendCloseFrame(CLOSE_GOING_AWAY, reason.encode())
+
+    # --- closing ------------------------------------------------------------------
+
+    def client_close_frame(self, code: int | None, reason: bytes | None) -> None:
+        """The client sent a valid close: pass it on to the backend as it is."""
+        self._record(code, reason, "client")
+        self._end_backend(code, reason)
+
+    def backend_close_frame(
+        self, leg: BackendProtocol, code: int | None, reason: bytes | None
+    ) -> None:
+        """The backend sent a valid close: pass it on, or fail over if it is abnormal."""
+        if leg is not self.backend:
+            return
+        if self.fails_over(code):
+            self.backend_failed(leg, f"backend closed with {code}")
+            return
+        self._record(code, reason, "backend")
+        self._close_client(code, reason)
+
+    def client_lost(self, code: int | None) -> None:
+        """The client leg ended (after a close, an error or a drop)."""
+        self.client_gone = True
+        if self.dial is not None:
+            self.dial.cancel()
+            if not self.opened:
+                return
+        self._record(code, None, "client")
+        self._end_backend(CLOSE_GOING_AWAY, b"client went away")
+        self._finish_when_closed()
+
+    def backend_lost(self, leg: BackendProtocol, failure_code: int | None, was_clean: bool) -> None:
+        """The backend leg ended; fail over, or tell the client why.
+
+        `failure_code` is the code this leg failed the backend with, if it did."""
+        if leg is not self.backend:
+            self._finish_when_closed()  # a leg already detached (failover, mismatch)
+            return
+        if failure_code is None and not was_clean and self.fails_over(NO_CLOSE_FRAME):
+            self.backend_failed(leg, "backend connection lost")
+            return
+        if failure_code == CLOSE_TOO_BIG:
+            code, reason = CLOSE_TOO_BIG, b"backend message too big"
+        elif failure_code is not None:
+            code, reason = CLOSE_BAD_GATEWAY, b"backend protocol error"
+        else:
+            code, reason = CLOSE_BAD_GATEWAY, b"backend connection lost"
+        self._record(code, reason, "backend")
+        self._close_client(code, reason)
+        self._finish_when_closed()
+
+    def terminate(self, code: int, reason: str) -> None:
+        """Close both legs with `code` (idle timeout, admin action, shutdown)."""
+        data = reason.encode("utf-8")[:123]
+        self._record(code, data, "balancer")
+        self._close_client(code, data)
+        self._end_backend(code, data)
+
+    def _finish_when_closed(self) -> None:
+        if self.client.state == CLOSED and (self.backend is None or self.backend.state == CLOSED):
+            self.finish()
+
+    def finish(self) -> None:
+        """Both legs are gone: account once."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.backend_state is not None:
+            self.balancer.pool.session_closed(self.backend_state)
+            self.backend_state = None
+        self.balancer.session_ended(self)
+
+    def _record(self, code: int | None, reason: bytes | None, by: str) -> None:
+        if not self.closed_by:
+            self.close_code = code
+            self.close_reason = (reason or b"").decode("utf-8", "replace")
+            self.closed_by = by
+
+    def _close_client(self, code: int | None, reason: bytes | str | None) -> None:
+        client = self.client
+        if client.state == OPEN:
+            client.sendCloseFrame(code=_wire_code(code), reasonUtf8=_reason_bytes(code, reason))
+
+    def _end_backend(self, code: int | None, reason: bytes | str | None) -> None:
+        backend = self.backend
+        if backend is None:
+            return
+        _resume(backend)
+        if backend.state == OPEN:
+            code = _wire_code(code)
+            if code == CLOSE_BAD_GATEWAY:
+                code = CLOSE_GOING_AWAY
+            backend.sendCloseFrame(code=code, reasonUtf8=_reason_bytes(code, reason))
+
+
+def peer_host(protocol: Any) -> str:
+    """The client's address as it goes into X-Forwarded-For and the logs."""
+    transport = protocol.transport
+    peer = transport.getPeer() if transport is not None else None
+    return getattr(peer, "host", None) or "unix"
+
+
+def _wire_code(code: int | None) -> int | None:
+    return CLOSE_BAD_GATEWAY if code in NOT_ON_WIRE else code
+
+
+def _reason_bytes(code: int | None, reason: bytes | str | None) -> bytes | None:
+    if code is None or not reason:
+        return None
+    data = reason.encode("utf-8") if isinstance(reason, str) else reason
+    return data[:123]
+
+
+@implementer(IPushProducer)
+class _Pacer:
+    """Lets one leg's full write buffer pause the other leg's reads.
+
+    A transport registered directly would be stopped (disconnected) when its consumer's
+    connection ends; the session decides how the other leg ends, so stop does nothing."""
+
+    __slots__ = ("transport",)
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def _pair_flow(client: Any, backend: Any) -> None:
+    # A full write buffer on one side pauses reads on the other (bounded memory).
+    for consumer_side, producer_side in ((client, backend), (backend, client)):
+        consumer, producer = consumer_side.transport, producer_side.transport
+        if consumer is None or producer is None:
+            continue
+        try:
+            consumer.registerProducer(_Pacer(producer), True)
+        except RuntimeError:
+            pass  # already disconnecting, or paired: nothing to add
+
+
+def _resume(protocol: Any) -> None:
+    # A leg paused because its partner could not keep up must read again to see its close.
+    transport = protocol.transport
+    if transport is not None:
+        try:
+            transport.resumeProducing()
+        except Exception:
+            pass
