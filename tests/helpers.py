@@ -94,6 +94,7 @@ async def start_balancer(backend_urls: list[str], **settings: Any) -> RunningBal
         ("listen", "tcp:0:interface=127.0.0.1", "test"),
         ("admin.listen", "tcp:0:interface=127.0.0.1", "test"),
         ("balancing.poll_interval", "0.2s", "test"),
+        ("shutdown.drain_period", "0s", "test"),
     ]
     overrides += [(key.replace("__", "."), value, "test") for key, value in settings.items()]
     config = load(None, environ={}, overrides=overrides, backends=backend_urls)

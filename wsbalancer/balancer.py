@@ -42,6 +42,8 @@ class Balancer:
         self.pool.on_state_change = self._state_changed
         self.dialer = BackendDialer(reactor, config, BackendProtocol, clock=self.clock)
         self.sessions: dict[int, RelaySession] = {}
+        self.factories: list[RelayFactory] = []
+        self.draining = False
         # Traffic of sessions already ended: msgs in, msgs out, bytes in, bytes out.
         self._ended_traffic = [0, 0, 0, 0]
         self.metrics.attach(self)
@@ -50,8 +52,14 @@ class Balancer:
 
     def server_factory(self) -> RelayFactory:
         """An Autobahn server factory relaying to this balancer's backends."""
-        config = self.config
         factory = RelayFactory(self)
+        self._configure_factory(factory)
+        factory.server = "wsbalancer"
+        self.factories.append(factory)
+        return factory
+
+    def _configure_factory(self, factory: RelayFactory) -> None:
+        config = self.config
         keepalive = config.client_keepalive
         factory.setProtocolOptions(
             openHandshakeTimeout=config.client_handshake_timeout,
@@ -69,8 +77,66 @@ class Balancer:
                 accept_deflate_offer if config.compression else refuse_compression
             ),
         )
-        factory.server = "wsbalancer"
-        return factory
+
+    # --- reload and drain -------------------------------------------------------------
+
+    def apply_config(self, new: Config) -> list[str]:
+        """Apply a re-read configuration to the running balancer; returns what changed.
+
+        Backends are added, re-weighted or removed; a removed backend takes no new sessions
+        and its sessions stay until they end (`reload.removed_sessions: drain`) or are moved
+        to other backends at once (`failover`). Listen addresses change only on restart."""
+        old, self.config = self.config, new
+        changes: list[str] = []
+        if (new.listen, new.admin_listen) != (old.listen, old.admin_listen):
+            changes.append("listen addresses are unchanged until a restart")
+        self.dialer.reconfigure(new)
+        for factory in self.factories:
+            self._configure_factory(factory)
+        pool = self.pool
+        pool.strategy, pool.count_ttl = new.strategy, new.count_ttl
+        pool.fall, pool.rise = new.health_fall, new.health_rise
+        pool.breaker_threshold, pool.breaker_cooldown = new.breaker_threshold, new.breaker_cooldown
+        wanted = {b.id: b for b in new.backends}
+        for backend_id, config in wanted.items():
+            state = pool.backends.get(backend_id)
+            if state is None or state.removed:
+                pool.add(config).removed = False
+                if state is not None:
+                    state.draining = False
+                changes.append(f"added {backend_id}")
+            elif state.config != config:
+                pool.add(config)
+                changes.append(f"changed {backend_id} (weight {config.weight:g})")
+        for backend_id, state in list(pool.backends.items()):
+            if backend_id in wanted or state.removed:
+                continue
+            state.removed = state.draining = True
+            moved = 0
+            if new.removed_sessions == "failover":
+                for session in list(self.sessions.values()):
+                    if session.backend_state is state:
+                        session.move("backend removed")
+                        moved += 1
+            changes.append(
+                f"removed {backend_id}"
+                + (
+                    f" ({moved} sessions moved)"
+                    if moved
+                    else f" (draining {state.local_sessions} sessions)"
+                )
+            )
+            self._forget_if_drained(state)
+        return changes
+
+    def _forget_if_drained(self, state: BackendState) -> None:
+        if state.removed and state.local_sessions == 0 and state.dialing == 0:
+            if self.pool.backends.get(state.id) is state:
+                self.pool.remove(state.id)
+
+    def drain(self) -> None:
+        """Take no new sessions (readiness goes false); existing ones continue."""
+        self.draining = True
 
     # --- events from sessions -------------------------------------------------------
 
@@ -86,6 +152,9 @@ class Balancer:
         """Both legs are closed: count the session's traffic and log one line."""
         if self.sessions.pop(session.id, None) is None:
             return
+        for state in list(self.pool.backends.values()):
+            if state.removed:
+                self._forget_if_drained(state)
         t = self._ended_traffic
         t[0] += session.msgs_in
         t[1] += session.msgs_out
@@ -190,7 +259,7 @@ class Balancer:
 
     def ready(self) -> bool:
         """Whether a new session could be placed now."""
-        return self.pool.any_usable()
+        return not self.draining and self.pool.any_usable()
 
     def sweep_idle(self) -> None:
         """Close sessions that carried no message for a whole idle period (1001)."""

@@ -106,6 +106,8 @@ class Config:
     compression: bool = True
     backend_compression: str = "off"
     compression_level: int = 1
+    drain_period: float = 10.0
+    removed_sessions: str = "drain"
     failover: bool = True
     failover_attempts: int = 3
     failover_backoff: float = 0.25
@@ -371,6 +373,8 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "compression.client": (parse_bool, "compression"),
     "compression.backend": (_enum(("off", "mirror")), "backend_compression"),
     "compression.level": (parse_compression_level, "compression_level"),
+    "shutdown.drain_period": (parse_duration, "drain_period"),
+    "reload.removed_sessions": (_enum(("drain", "failover")), "removed_sessions"),
     "failover.enabled": (parse_bool, "failover"),
     "failover.attempts": (parse_positive_int, "failover_attempts"),
     "failover.backoff": (parse_positive_duration, "failover_backoff"),

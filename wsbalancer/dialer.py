@@ -123,6 +123,11 @@ class BackendDialer:
         self._factories: dict[str, tuple[BackendConfig, WebSocketClientFactory, Callable[[], Any]]]
         self._factories = {}
 
+    def reconfigure(self, config: Config) -> None:
+        """Use a new configuration for the next dials."""
+        self.config = config
+        self._factories.clear()
+
     def _prepared(self, backend: BackendConfig) -> tuple[WebSocketClientFactory, Callable[[], Any]]:
         cached = self._factories.get(backend.id)
         if cached is not None and cached[0] == backend:

@@ -14,6 +14,7 @@ count TTL.
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,9 @@ from typing import Any
 from .config import BackendConfig
 
 UP, DOWN = "up", "down"
+# How long before a count request a session's end may still be missing from the count.
+CLOSE_GRACE = 0.5
+MAX_RECENT_CLOSES = 100_000
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 
@@ -42,7 +46,9 @@ class BackendState:
     reported: int | None = None
     reported_at: float | None = None
     others: int = 0  # sessions of other balancer instances, as of the last report
-    closed_since_report: int = 0
+    # When our recent sessions on it ended: the backend may still count those that ended
+    # just before or while its count was fetched.
+    recent_closes: deque[float] = field(default_factory=deque)
     dialing: int = 0
     local_sessions: int = 0
     stale: bool = False
@@ -59,6 +65,7 @@ class BackendState:
     breaker_until: float = 0.0
     enabled: bool = True
     draining: bool = False
+    removed: bool = False  # dropped from the configuration; forgotten once drained
     picks: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -216,22 +223,30 @@ class BackendPool:
     def session_closed(self, backend: BackendState) -> None:
         """A session that was open on this backend ended."""
         backend.local_sessions -= 1
-        backend.closed_since_report += 1
+        if backend.config.metric_url is not None:  # only reports need them
+            closes = backend.recent_closes
+            closes.append(self.seconds())
+            if len(closes) > MAX_RECENT_CLOSES:
+                closes.popleft()
 
     # --- count reports ----------------------------------------------------------------
 
     def poll_started(self, backend: BackendState) -> None:
-        """A count request is going out: only closes from now on may be in its answer."""
-        backend.closed_since_report = 0
+        """A count request is going out: closes from a moment before it on may be in its
+        answer (the backend may not have seen them end yet)."""
+        horizon = self.seconds() - CLOSE_GRACE
+        closes = backend.recent_closes
+        while closes and closes[0] < horizon:
+            closes.popleft()
 
     def poll_succeeded(self, backend: BackendState, pod: PodInfo) -> None:
         """The backend reported its count: what is not ours belongs to everyone else."""
         now = self.seconds()
         backend.reported = pod.agents_connections
         backend.reported_at = now
-        ours = backend.local_sessions + backend.closed_since_report
+        ours = backend.local_sessions + len(backend.recent_closes)
         backend.others = max(0, pod.agents_connections - ours)
-        backend.closed_since_report = 0
+        backend.recent_closes.clear()
         backend.pod = pod
         backend.stale = False
         backend.last_poll_at = now

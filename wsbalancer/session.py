@@ -255,6 +255,16 @@ class RelaySession:
             if transport is not None:
                 transport.pauseProducing()  # hold no more: the client waits, nothing drops
 
+    def move(self, reason: str) -> None:
+        """Fail over on purpose (backend removed, admin request): close this leg with 1001
+        and re-dial elsewhere while the client stays connected."""
+        leg = self.backend
+        if leg is None or not self.opened or self.reconnecting or self.client.state != OPEN:
+            return
+        self.backend_failed(leg, reason)
+        if leg.state == OPEN:
+            leg.sendCloseFrame(CLOSE_GOING_AWAY, reason.encode()[:123])
+
     def backend_failed(self, leg: BackendProtocol, reason: str) -> None:
         """The backend leg died under an open client: re-dial elsewhere."""
         state = self.backend_state

@@ -6,15 +6,19 @@ is also the public entry point for programs embedding the balancer.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import deferLater
 from twisted.python import usage
 from twisted.web.client import (
     Agent,
@@ -127,6 +131,9 @@ class BalancerService(MultiService):
         # Under twistd a listener that cannot bind ends the process with one clear line;
         # an embedding program gets the exception instead.
         self.exit_on_listen_error = False
+        # Where a reload reads the configuration again (set by makeService); SIGHUP reloads.
+        self.reload_source: Callable[[], Config] | None = None
+        self.clock: Any = balancer.clock
 
     def privilegedStartService(self) -> None:
         # twistd binds ports here, before it drops privileges.
@@ -147,6 +154,8 @@ class BalancerService(MultiService):
         for name in config.ignored:
             log.info("{name} has no effect in wsbalancer and is ignored", name=name)
         self._binding(super().startService)
+        if self.reload_source is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGHUP, self._on_sighup)
         log.info(
             "wsbalancer relaying {listen} to {backends} ({strategy}); admin on {admin}",
             listen=", ".join(config.listen),
@@ -154,6 +163,50 @@ class BalancerService(MultiService):
             strategy=config.strategy,
             admin=config.admin_listen,
         )
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self.balancer.reactor.callFromThread(self.reload)
+
+    def reload(self) -> list[str]:
+        """Read the configuration again and apply it; an invalid one changes nothing."""
+        if self.reload_source is None:
+            return []
+        try:
+            new = self.reload_source()
+        except ConfigError as e:
+            log.error("reload rejected, the running configuration stays: {error}", error=str(e))
+            return []
+        changes = self.balancer.apply_config(new)
+        log.info("configuration reloaded: {changes}", changes="; ".join(changes) or "no change")
+        return changes
+
+    def stopService(self) -> Deferred[None]:
+        """Stop accepting, close sessions with 1001 spread over the drain period, then stop."""
+        return ensureDeferred(self._drain_and_stop())
+
+    async def _drain_and_stop(self) -> None:
+        balancer = self.balancer
+        balancer.drain()
+        for listener in self.listeners:
+            await maybeDeferred(listener.stopService)
+        sessions = list(balancer.sessions.values())
+        period = balancer.config.drain_period
+        if sessions:
+            log.info("draining {n} sessions over {period:g}s", n=len(sessions), period=period)
+        # Spread the closes so clients do not all reconnect elsewhere in one wave.
+        calls = [
+            self.clock.callLater(
+                period * i / len(sessions), s.terminate, 1001, "server shutting down"
+            )
+            for i, s in enumerate(sessions)
+        ]
+        deadline = self.clock.seconds() + period + balancer.config.close_timeout + 1
+        while balancer.sessions and self.clock.seconds() < deadline:
+            await deferLater(self.clock, 0.05, lambda: None)
+        for call in calls:
+            if call.active():
+                call.cancel()
+        await super().stopService()
 
 
 class ListenerService(StreamServerEndpointService):
@@ -234,4 +287,7 @@ def makeService(options: Options, reactor: Any = None) -> BalancerService:
         config = load(options["config"], overrides=options.overrides(), backends=options["backend"])
     service = build_service(config, reactor)
     service.exit_on_listen_error = True
+    service.reload_source = lambda: load(
+        options["config"], overrides=options.overrides(), backends=options["backend"]
+    )
     return service
