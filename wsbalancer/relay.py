@@ -73,11 +73,11 @@ class FrontendProtocol(WebSocketServerProtocol):
         session.msgs_in += 1
         session.bytes_in += len(payload)
         partner = self.partner
-        if partner is not None:
+        if partner is None:
+            session.hold(payload, isBinary)  # failing over: delivered once re-dialled
+        elif partner.state == OPEN:  # a closing leg takes no more messages
             session.unanswered += 1
             partner.sendMessage(payload, isBinary)
-        else:
-            session.hold(payload, isBinary)  # failing over: delivered once re-dialled
 
     def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
         was_open = self.state == OPEN
@@ -163,8 +163,8 @@ class BackendProtocol(WebSocketClientProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session: Any = self.session
         partner = self.partner
-        if partner is None:
-            return  # a leg being dropped (subprotocol mismatch on failover)
+        if partner is None or partner.state != OPEN:
+            return  # a leg being dropped (failover mismatch), or a client already closing
         session.msgs_out += 1
         session.bytes_out += len(payload)
         session.unanswered = 0
