@@ -97,6 +97,7 @@ class Config:
     max_frame_size: int = 0
     max_header_bytes: int = 16 * 1024
     max_connections: int = 0
+    max_connections_per_ip: int = 0
     forward_headers: tuple[str, ...] = ("*",)
     block_headers: tuple[str, ...] = ()
     pass_back_headers: tuple[str, ...] = ("set-cookie",)
@@ -364,6 +365,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "limits.max_frame_size": (parse_size, "max_frame_size"),
     "limits.max_header_bytes": (parse_size, "max_header_bytes"),
     "limits.max_connections": (parse_int, "max_connections"),
+    "limits.max_connections_per_ip": (parse_int, "max_connections_per_ip"),
     "headers.forward": (parse_header_list, "forward_headers"),
     "headers.block": (parse_header_list, "block_headers"),
     "headers.pass_back": (parse_header_list, "pass_back_headers"),

@@ -47,9 +47,21 @@ class FrontendProtocol(WebSocketServerProtocol):
         # Skip Autobahn's per-read debug formatting (its arguments are built even with debug off).
         self._dataReceived(data)
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.client_connected(self)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.client_disconnected(self)
+        super().connectionLost(reason)
+
     def processHandshake(self) -> None:
         if self._handshake_pending:
             return  # bytes after the request wait until the backend has answered
+        per_ip = self.factory.balancer.config.max_connections_per_ip
+        if per_ip and self.factory.per_ip.get(peer_host(self), 0) > per_ip:
+            self.failHandshake("too many connections from this address", 429)
+            return
         limit = self.factory.balancer.config.max_header_bytes
         end = self.data.find(b"\r\n\r\n")
         if limit and ((end < 0 and len(self.data) > limit) or end + 4 > limit):
@@ -202,3 +214,18 @@ class RelayFactory(WebSocketServerFactory):
         super().__init__()
         self.balancer = balancer
         self.noisy = False
+        self.per_ip: dict[str, int] = {}  # open client connections by address
+
+    def client_connected(self, protocol: FrontendProtocol) -> None:
+        """Count a client connection against its address."""
+        host = peer_host(protocol)
+        self.per_ip[host] = self.per_ip.get(host, 0) + 1
+
+    def client_disconnected(self, protocol: FrontendProtocol) -> None:
+        """A client connection ended."""
+        host = peer_host(protocol)
+        left = self.per_ip.get(host, 1) - 1
+        if left > 0:
+            self.per_ip[host] = left
+        else:
+            self.per_ip.pop(host, None)
