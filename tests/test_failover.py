@@ -118,3 +118,31 @@ async def test_failover_off_passes_1012_to_the_client() -> None:
         await lb.stop()
         for b in backends:
             await b.stop()
+
+
+class _Crashing(DemoProtocol):
+    """Fails every session it is given with 1011 right after opening."""
+
+    def onOpen(self) -> None:
+        super().onOpen()
+        self.sendCloseFrame(1011, b"crashed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backend_failing_every_session_does_not_loop_a_client_forever() -> None:
+    crashing = start_backend("crashing", protocol=_Crashing)
+    lb = await start_balancer([crashing.url], failover__max_per_session="3")
+    try:
+        ws = await aio(websockets.connect(lb.ws_url()))
+        await aio(ws.wait_closed())
+        assert (ws.close_code, ws.close_reason) == (1011, "crashed")
+        assert len(crashing.backend.handshakes) == 4  # the first leg and three reconnects
+        assert [h["headers"].get("x-balancer-reconnect") for h in crashing.backend.handshakes] == [
+            None,
+            "1",
+            "2",
+            "3",
+        ]
+    finally:
+        await lb.stop()
+        await crashing.stop()

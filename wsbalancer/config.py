@@ -113,6 +113,7 @@ class Config:
     failover_attempts: int = 3
     failover_backoff: float = 0.25
     failover_buffer: int = 1024 * 1024
+    failover_max_per_session: int = 10
     reconnect_header: str = "X-Balancer-Reconnect"
     abnormal_close_codes: tuple[int, ...] = (1006, 1011, 1012, 1001, 1013)
     log_level: str = "info"
@@ -381,6 +382,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "failover.attempts": (parse_positive_int, "failover_attempts"),
     "failover.backoff": (parse_positive_duration, "failover_backoff"),
     "failover.buffer": (parse_size, "failover_buffer"),
+    "failover.max_per_session": (parse_int, "failover_max_per_session"),
     "failover.reconnect_header": (str, "reconnect_header"),
     "failover.close_codes": (parse_close_codes, "abnormal_close_codes"),
     "log.level": (_enum(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}), "log_level"),

@@ -456,10 +456,13 @@ def run_backend_leg(outdir: Path, cases: list[str], parallel: int) -> dict[str, 
             children,
             fuzzer_port,
             log,
+            # Failover off: the fuzzer's abnormal closes (1001, 1011) are cases to pass on,
+            # not faults to hide by re-running the case on a new leg.
             [
                 "balancing.metric_path=none",
                 "compression.backend=mirror",
                 "limits.max_message_size=64MiB",
+                "failover.enabled=false",
             ],
         )
         started = time.monotonic()

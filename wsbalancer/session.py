@@ -244,6 +244,9 @@ class RelaySession:
             and not self.client_gone
             and self.client.state == OPEN
             and code in config.abnormal_close_codes
+            # A backend that keeps failing every session it is given must not keep one
+            # client in a loop of reconnects: after this many, its close is passed on.
+            and self.reconnects < config.failover_max_per_session
         )
 
     def hold(self, payload: bytes, is_binary: bool) -> None:
