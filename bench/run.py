@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark: a direct connection vs wsbalancer vs HAProxy, side by side, in one run.
 
-    /work/venv/bin/python bench/run.py            # full run (~2-3 minutes)
-    /work/venv/bin/python bench/run.py --quick    # CI-sized run (well under 2 minutes)
-    /work/venv/bin/python bench/run.py --json out.json --only wsbalancer,haproxy
+    .venv/bin/python bench/run.py            # full run (~2-3 minutes)
+    .venv/bin/python bench/run.py --quick    # CI-sized run (well under 2 minutes)
+    .venv/bin/python bench/run.py --json out.json --only wsbalancer,haproxy
 
 It prints figures, it is not a test: it exits 0 whenever it could measure, and non-zero only
 when it could not start (no node, no npm package, a proxy that never came up).
