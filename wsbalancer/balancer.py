@@ -11,10 +11,11 @@ from typing import Any
 from .compression import accept_deflate_offer, refuse_compression
 from .config import Config
 from .dialer import BackendDialer
+from .lean import bake_options
 from .logs import logger
 from .metrics import BalancerMetrics
 from .pool import BackendPool, BackendState
-from .relay import BackendProtocol, RelayFactory
+from .relay import BackendProtocol, FrontendProtocol, RelayFactory
 from .session import RelaySession, peer_host
 
 
@@ -77,6 +78,7 @@ class Balancer:
                 accept_deflate_offer if config.compression else refuse_compression
             ),
         )
+        factory.protocol = bake_options(FrontendProtocol, factory)  # type: ignore[assignment]
 
     # --- reload and drain -------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from twisted.internet.protocol import Factory
 
 from .compression import accept_deflate_response
 from .config import BackendConfig, Config
+from .lean import bake_options
 
 
 class BackendHandshakeError(Exception):
@@ -134,7 +135,6 @@ class BackendDialer:
             return cached[1], cached[2]
         config = self.config
         factory = WebSocketClientFactory(backend.url)
-        factory.protocol = self.protocol_class  # type: ignore[assignment]
         keepalive = config.backend_keepalive
         factory.setProtocolOptions(
             openHandshakeTimeout=config.backend_handshake_timeout,
@@ -149,6 +149,10 @@ class BackendDialer:
             tcpNoDelay=True,
         )
         factory.useragent = None  # the client's own User-Agent is forwarded instead
+        # Options as class attributes; the offers are set per dial on the factory copy.
+        factory.protocol = bake_options(  # type: ignore[assignment]
+            self.protocol_class, factory, frozenset({"perMessageCompressionOffers"})
+        )
         factory.noisy = False
         parts = urlsplit(backend.url)
         host = parts.hostname or ""

@@ -20,6 +20,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 
 from .compression import tune_compression
 from .dialer import BackendConnectError, BackendHandshakeError
+from .lean import LeanSend
 from .logs import logger
 from .session import RelaySession, peer_host
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 _log = logger("wsbalancer.relay")
 
+
 OPEN = WebSocketProtocol.STATE_OPEN
 CLOSED = WebSocketProtocol.STATE_CLOSED
 # 1014 (Bad Gateway) is registered with IANA; a backend or a balancer in front may send it.
@@ -35,7 +37,7 @@ ALLOWED_CLOSE_CODES = [*WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED, 1014]
 NO_CLOSE_FRAME = 1006
 
 
-class FrontendProtocol(WebSocketServerProtocol):
+class FrontendProtocol(LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
     """The client leg."""
 
     CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES
@@ -142,7 +144,7 @@ class FrontendProtocol(WebSocketServerProtocol):
         self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
 
-class BackendProtocol(WebSocketClientProtocol):
+class BackendProtocol(LeanSend, WebSocketClientProtocol):  # type: ignore[misc]
     """The backend leg."""
 
     CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES
