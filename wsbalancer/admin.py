@@ -11,6 +11,7 @@ from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from .admin_api import AdminApi
 from .balancer import Balancer
 
 
@@ -152,14 +153,15 @@ def _put(root: Resource, path: str, resource: Any) -> None:
     node.putChild(leaf, resource)
 
 
-def admin_site(balancer: Balancer) -> Site:
+def admin_site(balancer: Balancer, frontends: Any = None) -> Site:
     """The twisted.web site of the admin endpoint."""
     root = _Folder()
     metric_path = "/" + balancer.config.balancer_metric_path.strip("/")
-    paths = [metric_path, "/metrics", "/healthz", "/readyz"]
+    paths = [metric_path, "/metrics", "/healthz", "/readyz", "/api/ (REST, see /api/openapi.json)"]
     root.putChild(b"", IndexResource(paths))
     _put(root, metric_path, JSONResource(lambda: (200, balancer_metrics(balancer))))
     root.putChild(b"metrics", PrometheusResource(balancer.metrics.registry))
+    root.putChild(b"api", AdminApi(balancer, frontends))
     root.putChild(b"healthz", JSONResource(lambda: (200, {"status": "ok"})))
 
     def readiness() -> tuple[int, dict[str, Any]]:

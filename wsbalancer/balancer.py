@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .compression import accept_deflate_offer, refuse_compression
-from .config import Config
+from .config import BackendConfig, Config
 from .dialer import BackendDialer
 from .lean import bake_options
 from .logs import logger
@@ -113,13 +113,7 @@ class Balancer:
         for backend_id, state in list(pool.backends.items()):
             if backend_id in wanted or state.removed:
                 continue
-            state.removed = state.draining = True
-            moved = 0
-            if new.removed_sessions == "failover":
-                for session in list(self.sessions.values()):
-                    if session.backend_state is state:
-                        session.move("backend removed")
-                        moved += 1
+            moved = self.remove_backend(state, new.removed_sessions)
             changes.append(
                 f"removed {backend_id}"
                 + (
@@ -128,8 +122,34 @@ class Balancer:
                     else f" (draining {state.local_sessions} sessions)"
                 )
             )
-            self._forget_if_drained(state)
         return changes
+
+    def add_backend(self, config: BackendConfig) -> BackendState:
+        """Add a backend at run time (admin API)."""
+        state = self.pool.add(config)
+        state.removed = state.draining = False
+        state.enabled = True
+        self.log.info("backend {backend} added ({url})", backend=config.id, url=config.url)
+        return state
+
+    def remove_backend(self, state: BackendState, mode: str) -> int:
+        """Stop sending sessions to a backend and forget it once drained; with `failover`
+        its sessions move to other backends at once. Returns the sessions moved."""
+        state.removed = state.draining = True
+        moved = 0
+        if mode == "failover":
+            for session in list(self.sessions.values()):
+                if session.backend_state is state:
+                    session.move("backend removed")
+                    moved += 1
+        self.log.info(
+            "backend {backend} removed ({mode}, {n} sessions moved)",
+            backend=state.id,
+            mode=mode,
+            n=moved,
+        )
+        self._forget_if_drained(state)
+        return moved
 
     def _forget_if_drained(self, state: BackendState) -> None:
         if state.removed and state.local_sessions == 0 and state.dialing == 0:

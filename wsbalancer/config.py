@@ -78,6 +78,9 @@ class Config:
     listen: tuple[str, ...] = ("tcp:8080",)
     admin_listen: str = "tcp:8081:interface=127.0.0.1"
     balancer_metric_path: str = "/balancer-metrics"
+    admin_token: str = ""
+    admin_open_reads: bool = False
+    metric_path: str = "/metric"
     strategy: str = "least-loaded"
     poll_interval: float = 2.0
     count_ttl: float = 30.0
@@ -332,6 +335,8 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "listen": (parse_endpoints, "listen"),
     "admin.listen": (parse_endpoint, "admin_listen"),
     "admin.balancer_metric_path": (parse_path, "balancer_metric_path"),
+    "admin.token": (str, "admin_token"),
+    "admin.open_reads": (parse_bool, "admin_open_reads"),
     "balancing.strategy": (
         _enum(
             STRATEGIES,
@@ -623,6 +628,7 @@ def build(raw: RawConfig, require_backends: bool = True) -> Config:
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{item.source}: {key}: {e}")
     metric_path = typed.pop("_metric_path", "/metric")
+    typed["metric_path"] = metric_path
     defaults = Config(backends=())
     client_ka, backend_ka = defaults.client_keepalive, defaults.backend_keepalive
     typed["client_keepalive"] = Keepalive(

@@ -270,6 +270,13 @@ class BackendPool:
         ):
             self._set_health(backend, DOWN)
 
+    def reset_breaker(self, backend: BackendState) -> None:
+        """Close a backend's breaker by hand (an operator knows it is back)."""
+        backend.connect_failures = 0
+        backend.breaker_opens = 0
+        backend.breaker_until = 0.0
+        self._set_breaker(backend, CLOSED)
+
     # --- state changes ----------------------------------------------------------------
 
     def _set_health(self, backend: BackendState, health: str) -> None:

@@ -119,6 +119,30 @@ class _MetricTLSPolicy:
         return tls_options(hostname.decode("ascii"), self.config)
 
 
+class Frontends:
+    """The client-facing listeners, as the admin API pauses and resumes them."""
+
+    def __init__(self, listeners: list[ListenerService]) -> None:
+        self.listeners = listeners
+        self.paused = False
+
+    def pause(self) -> None:
+        """Stop accepting new connections (open sessions are untouched)."""
+        for listener in self.listeners:
+            if listener.port is not None:
+                listener.port.stopReading()
+        self.paused = True
+        log.warn("frontends paused: no new connections are accepted")
+
+    def resume(self) -> None:
+        """Accept new connections again."""
+        for listener in self.listeners:
+            if listener.port is not None:
+                listener.port.startReading()
+        self.paused = False
+        log.info("frontends resumed")
+
+
 class BalancerService(MultiService):
     """The balancer's services: listeners, the count poller, the admin site."""
 
@@ -216,6 +240,11 @@ class ListenerService(StreamServerEndpointService):
         super().__init__(serverFromString(reactor, description), factory)
         self.description = description
         self._raiseSynchronously = True
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self.listening().addCallback(lambda port: setattr(self, "port", port))
 
     def listening(self) -> Deferred[Any]:
         """Fires with the IListeningPort once listening (to learn a port-0 address)."""
@@ -270,7 +299,9 @@ def build_service(config: Config, reactor: Any) -> BalancerService:
         sweeper.clock = reactor
         sweeper.setServiceParent(top)
 
-    admin = ListenerService(reactor, config.admin_listen, admin_site(balancer))
+    admin = ListenerService(
+        reactor, config.admin_listen, admin_site(balancer, Frontends(top.listeners))
+    )
     admin.setServiceParent(top)
     top.admin = admin
     return top

@@ -1,0 +1,353 @@
+"""The admin REST API under `/api/`: backends, sessions, frontends. JSON in and out.
+
+Every mutating call needs `Authorization: Bearer <admin.token>`; reads need it too unless
+`admin.open_reads` is on. With no token configured, mutating calls are refused (403): the
+API cannot be left open by accident. Errors are JSON `{"error": ..., "reason": ...}` with
+400 (bad body or parameter), 401 (token missing or wrong), 403, 404 (unknown id),
+405 (method), 409 (conflict). Changes made here last until the next reload or restart.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from .config import BackendConfig, ConfigError, _BackendSpec, _build_backend
+
+if TYPE_CHECKING:
+    from .balancer import Balancer
+    from .pool import BackendState
+    from .session import RelaySession
+
+MAX_BODY = 64 * 1024
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, a short code, and a sentence."""
+
+    def __init__(self, status: int, error: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.error, self.reason = status, error, reason
+
+
+def backend_view(balancer: Balancer, b: BackendState) -> dict[str, Any]:
+    """One backend as the API shows it."""
+    pool = balancer.pool
+    pod = b.pod
+    return {
+        "id": b.id,
+        "url": b.config.url,
+        "metricUrl": b.config.metric_url,
+        "weight": b.config.weight,
+        "enabled": b.enabled,
+        "draining": b.draining,
+        "removed": b.removed,
+        "usable": pool.usable(b),
+        "health": b.health,
+        "stale": b.stale,
+        "breaker": pool.breaker_state(b),
+        "connections": b.estimate(balancer.clock.seconds(), pool.count_ttl),
+        "reportedConnections": b.reported,
+        "localSessions": b.local_sessions,
+        "dialing": b.dialing,
+        "picks": b.picks,
+        "lastPollError": b.last_poll_error,
+        "pod": None
+        if pod is None
+        else {"podName": pod.pod_name, "podIP": pod.pod_ip, "nodeName": pod.node_name},
+    }
+
+
+def session_view(balancer: Balancer, s: RelaySession) -> dict[str, Any]:
+    """One session as the API shows it."""
+    from .session import peer_host
+
+    return {
+        "id": s.id,
+        "client": peer_host(s.client),
+        "path": s.client.http_request_uri,
+        "backend": s.backend_state.id if s.backend_state else None,
+        "ageSeconds": round(balancer.clock.seconds() - s.started, 3),
+        "subprotocol": s.subprotocol,
+        "reconnecting": s.reconnecting,
+        "reconnects": s.reconnects,
+        "possiblyLost": s.lost,
+        "messagesIn": s.msgs_in,
+        "bytesIn": s.bytes_in,
+        "messagesOut": s.msgs_out,
+        "bytesOut": s.bytes_out,
+    }
+
+
+class AdminApi(Resource):
+    """Routes `/api/...` requests to handlers; authentication and errors in one place."""
+
+    isLeaf = True
+
+    def __init__(self, balancer: Balancer, frontends: Any = None) -> None:
+        super().__init__()
+        self.balancer = balancer
+        self.frontends = frontends  # pause()/resume()/paused, from the service
+
+    def render(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        method = request.method.decode("ascii", "replace")
+        parts = [p.decode("utf-8", "replace") for p in request.postpath or [] if p]
+        try:
+            if parts == ["openapi.json"] and method == "GET":
+                return openapi_document()
+            self._authorize(request, mutating=method != "GET")
+            status, document = self._route(method, parts, request)
+        except ApiError as e:
+            status, document = e.status, {"error": e.error, "reason": e.reason}
+            if e.status == 401:
+                request.setHeader(b"www-authenticate", b'Bearer realm="wsbalancer"')
+        request.setResponseCode(status)
+        return json.dumps(document, indent=1).encode() + b"\n"
+
+    def _authorize(self, request: Request, mutating: bool) -> None:
+        config = self.balancer.config
+        if not mutating and config.admin_open_reads:
+            return
+        token = config.admin_token
+        if not token:
+            if mutating:
+                raise ApiError(
+                    403, "forbidden", "the admin API is read-only until admin.token is set"
+                )
+            return
+        offered = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        scheme, _, value = offered.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            value.strip().encode(), token.encode()
+        ):
+            raise ApiError(401, "unauthorized", "a valid bearer token is required")
+
+    # --- routing ------------------------------------------------------------------------
+
+    def _route(self, method: str, parts: list[str], request: Request) -> tuple[int, Any]:
+        routes: dict[tuple[str, ...], dict[str, Callable[..., tuple[int, Any]]]] = {
+            ("backends",): {"GET": self.list_backends, "POST": self.add_backend},
+            ("backends", "*"): {
+                "GET": self.get_backend,
+                "PATCH": self.change_backend,
+                "DELETE": self.remove_backend,
+            },
+            ("backends", "*", "enable"): {"POST": self.enable_backend},
+            ("backends", "*", "disable"): {"POST": self.disable_backend},
+            ("backends", "*", "drain"): {"POST": self.drain_backend},
+            ("backends", "*", "reset-breaker"): {"POST": self.reset_breaker},
+            ("sessions",): {"GET": self.list_sessions},
+            ("sessions", "*"): {"GET": self.get_session, "DELETE": self.terminate_session},
+            ("sessions", "*", "failover"): {"POST": self.fail_over_session},
+            ("frontends",): {"GET": self.frontend_state},
+            ("frontends", "pause"): {"POST": self.pause_frontends},
+            ("frontends", "resume"): {"POST": self.resume_frontends},
+        }
+        for pattern, methods in routes.items():
+            if len(pattern) == len(parts) and all(
+                p in ("*", x) for p, x in zip(pattern, parts, strict=True)
+            ):
+                handler = methods.get(method)
+                if handler is None:
+                    raise ApiError(
+                        405,
+                        "method_not_allowed",
+                        f"{method} is not allowed here; use {', '.join(methods)}",
+                    )
+                args = [x for p, x in zip(pattern, parts, strict=True) if p == "*"]
+                return handler(request, *args)
+        raise ApiError(404, "not_found", "no such API endpoint")
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _backend(self, backend_id: str) -> BackendState:
+        state = self.balancer.pool.backends.get(backend_id)
+        if state is None:
+            raise ApiError(404, "unknown_backend", f"no backend {backend_id!r}")
+        return state
+
+    def _session(self, session_id: str) -> RelaySession:
+        session = self.balancer.sessions.get(int(session_id)) if session_id.isdigit() else None
+        if session is None:
+            raise ApiError(404, "unknown_session", f"no open session {session_id!r}")
+        return session
+
+    @staticmethod
+    def _body(request: Request) -> dict[str, Any]:
+        raw = request.content.read(MAX_BODY + 1) if request.content else b""
+        if len(raw) > MAX_BODY:
+            raise ApiError(400, "bad_body", f"body over {MAX_BODY} bytes")
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise ApiError(400, "bad_body", "body is not JSON")
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_body", "body must be a JSON object")
+        return body
+
+    @staticmethod
+    def _arg(request: Request, name: str) -> str | None:
+        values = request.args.get(name.encode())
+        return values[0].decode("utf-8", "replace") if values else None
+
+    # --- backends -------------------------------------------------------------------------
+
+    def list_backends(self, request: Request) -> tuple[int, Any]:
+        pool = self.balancer.pool
+        return 200, {"backends": [backend_view(self.balancer, b) for b in pool.backends.values()]}
+
+    def get_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:
+        return 200, backend_view(self.balancer, self._backend(backend_id))
+
+    def add_backend(self, request: Request) -> tuple[int, Any]:
+        body = self._body(request)
+        unknown = set(body) - {"id", "url", "metric", "weight"}
+        if unknown or "url" not in body:
+            raise ApiError(
+                400,
+                "bad_body",
+                "expected {url, id?, metric?, weight?}"
+                + (f"; unknown {sorted(unknown)[0]!r}" if unknown else ""),
+            )
+        spec = _BackendSpec(
+            url=body["url"],
+            source="request",
+            id=body.get("id"),
+            metric=body.get("metric"),
+            weight=body.get("weight", 1),
+        )
+        try:
+            config = _build_backend(spec, self.balancer.config.metric_path)
+        except ConfigError as e:
+            raise ApiError(400, "bad_backend", str(e).removeprefix("request: "))
+        if (
+            config.id in self.balancer.pool.backends
+            and not self.balancer.pool.backends[config.id].removed
+        ):
+            raise ApiError(409, "conflict", f"backend {config.id!r} exists")
+        state = self.balancer.add_backend(config)
+        return 201, backend_view(self.balancer, state)
+
+    def change_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:
+        state = self._backend(backend_id)
+        body = self._body(request)
+        if set(body) != {"weight"}:
+            raise ApiError(400, "bad_body", "expected {weight}")
+        weight = body["weight"]
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+            raise ApiError(400, "bad_body", "weight must be a number above zero")
+        state.config = BackendConfig(
+            state.config.id, state.config.url, state.config.metric_url, float(weight)
+        )
+        return 200, backend_view(self.balancer, state)
+
+    def remove_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:
+        state = self._backend(backend_id)
+        mode = self._arg(request, "sessions") or "drain"
+        if mode not in ("drain", "failover"):
+            raise ApiError(400, "bad_parameter", "sessions must be drain or failover")
+        if state.removed:
+            raise ApiError(409, "conflict", f"backend {backend_id!r} is already being removed")
+        moved = self.balancer.remove_backend(state, mode)
+        return 200, {
+            "removed": backend_id,
+            "sessions": mode,
+            "moved": moved,
+            "draining": state.local_sessions,
+        }
+
+    def enable_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:
+        state = self._backend(backend_id)
+        if state.removed:
+            raise ApiError(409, "conflict", f"backend {backend_id!r} is being removed")
+        state.enabled, state.draining = True, False
+        return 200, backend_view(self.balancer, state)
+
+    def disable_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:
+        state = self._backend(backend_id)
+        state.enabled = False
+        return 200, backend_view(self.balancer, state)
+
+    def drain_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:
+        state = self._backend(backend_id)
+        state.draining = True
+        return 200, backend_view(self.balancer, state)
+
+    def reset_breaker(self, request: Request, backend_id: str) -> tuple[int, Any]:
+        state = self._backend(backend_id)
+        self.balancer.pool.reset_breaker(state)
+        return 200, backend_view(self.balancer, state)
+
+    # --- sessions -------------------------------------------------------------------------
+
+    def list_sessions(self, request: Request) -> tuple[int, Any]:
+        backend = self._arg(request, "backend")
+        sessions = [
+            s
+            for s in self.balancer.sessions.values()
+            if backend is None or (s.backend_state and s.backend_state.id == backend)
+        ]
+        return 200, {"sessions": [session_view(self.balancer, s) for s in sessions]}
+
+    def get_session(self, request: Request, session_id: str) -> tuple[int, Any]:
+        return 200, session_view(self.balancer, self._session(session_id))
+
+    def terminate_session(self, request: Request, session_id: str) -> tuple[int, Any]:
+        session = self._session(session_id)
+        code_text = self._arg(request, "code") or "1000"
+        reason = self._arg(request, "reason") or "terminated by the operator"
+        if not code_text.isdigit() or not (
+            int(code_text) == 1000
+            or 1001 <= int(code_text) <= 1003
+            or 1007 <= int(code_text) <= 1014
+            or 3000 <= int(code_text) <= 4999
+        ):
+            raise ApiError(
+                400,
+                "bad_parameter",
+                "code must be a close code that may be sent (1000-1003, 1007-1014, 3000-4999)",
+            )
+        if len(reason.encode()) > 123:
+            raise ApiError(400, "bad_parameter", "reason must be at most 123 bytes")
+        session.terminate(int(code_text), reason)
+        return 200, {"terminated": session.id, "code": int(code_text), "reason": reason}
+
+    def fail_over_session(self, request: Request, session_id: str) -> tuple[int, Any]:
+        session = self._session(session_id)
+        if session.reconnecting or session.backend is None:
+            raise ApiError(409, "conflict", "the session is already failing over")
+        before = session.backend_state.id if session.backend_state else None
+        session.move("moved by the operator")
+        return 202, {"session": session.id, "from": before, "reconnecting": True}
+
+    # --- frontends ------------------------------------------------------------------------
+
+    def frontend_state(self, request: Request) -> tuple[int, Any]:
+        return 200, {"paused": bool(self.frontends and self.frontends.paused)}
+
+    def pause_frontends(self, request: Request) -> tuple[int, Any]:
+        if self.frontends is None:
+            raise ApiError(409, "conflict", "no frontends to pause")
+        self.frontends.pause()
+        return 200, {"paused": True}
+
+    def resume_frontends(self, request: Request) -> tuple[int, Any]:
+        if self.frontends is None:
+            raise ApiError(409, "conflict", "no frontends to resume")
+        self.frontends.resume()
+        return 200, {"paused": False}
+
+
+def openapi_document() -> bytes:
+    """The OpenAPI description of this API (kept in the package as openapi.json)."""
+    return resources.files("wsbalancer").joinpath("openapi.json").read_bytes()
