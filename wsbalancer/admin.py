@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -74,6 +76,7 @@ def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
         "sessions": len(balancer.sessions),
         "ready": balancer.ready(),
         "backends": backends,
+        "events": [{"time": _iso(t, balancer), "text": text} for t, text in balancer.events],
     }
 
 
@@ -118,6 +121,27 @@ class IndexResource(Resource):
         return ("wsbalancer admin\n" + "".join(f"  {p}\n" for p in self.paths)).encode()
 
 
+class DashboardResource(Resource):
+    """The live HTML dashboard: no external assets; it reads the JSON distribution."""
+
+    isLeaf = True
+
+    def __init__(self, source_path: str) -> None:
+        super().__init__()
+        page = resources.files("wsbalancer").joinpath("dashboard.html").read_text("utf-8")
+        attribute = html.escape(source_path, quote=True)
+        self.page = page.replace("<body>", f'<body data-source="{attribute}">', 1).encode()
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(
+            b"content-security-policy",
+            b"default-src 'self'; script-src 'unsafe-inline'; "
+            b"style-src 'unsafe-inline'; img-src 'none'",
+        )
+        return self.page
+
+
 class PrometheusResource(Resource):
     """`/metrics` in Prometheus' text format, collected in the reactor thread (the state it
     reads is the reactor's; prometheus_client's own twisted resource uses a thread pool)."""
@@ -157,11 +181,19 @@ def admin_site(balancer: Balancer, frontends: Any = None) -> Site:
     """The twisted.web site of the admin endpoint."""
     root = _Folder()
     metric_path = "/" + balancer.config.balancer_metric_path.strip("/")
-    paths = [metric_path, "/metrics", "/healthz", "/readyz", "/api/ (REST, see /api/openapi.json)"]
+    paths = [
+        "/dashboard",
+        metric_path,
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/api/ (REST, see /api/openapi.json)",
+    ]
     root.putChild(b"", IndexResource(paths))
     _put(root, metric_path, JSONResource(lambda: (200, balancer_metrics(balancer))))
     root.putChild(b"metrics", PrometheusResource(balancer.metrics.registry))
     root.putChild(b"api", AdminApi(balancer, frontends))
+    root.putChild(b"dashboard", DashboardResource(metric_path))
     root.putChild(b"healthz", JSONResource(lambda: (200, {"status": "ok"})))
 
     def readiness() -> tuple[int, dict[str, Any]]:

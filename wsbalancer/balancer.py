@@ -6,6 +6,7 @@ built from a `Config` in tests and in programs that embed the balancer.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from .compression import accept_deflate_offer, refuse_compression
@@ -44,6 +45,7 @@ class Balancer:
         self.dialer = BackendDialer(reactor, config, BackendProtocol, clock=self.clock)
         self.sessions: dict[int, RelaySession] = {}
         self.factories: list[RelayFactory] = []
+        self.events: deque[tuple[float, str]] = deque(maxlen=50)  # for the dashboard
         self.draining = False
         # Traffic of sessions already ended: msgs in, msgs out, bytes in, bytes out.
         self._ended_traffic = [0, 0, 0, 0]
@@ -127,6 +129,7 @@ class Balancer:
     def add_backend(self, config: BackendConfig) -> BackendState:
         """Add a backend at run time (admin API)."""
         state = self.pool.add(config)
+        self.event(f"backend {config.id} added")
         state.removed = state.draining = False
         state.enabled = True
         self.log.info("backend {backend} added ({url})", backend=config.id, url=config.url)
@@ -136,6 +139,7 @@ class Balancer:
         """Stop sending sessions to a backend and forget it once drained; with `failover`
         its sessions move to other backends at once. Returns the sessions moved."""
         state.removed = state.draining = True
+        self.event(f"backend {state.id} removed ({mode})")
         moved = 0
         if mode == "failover":
             for session in list(self.sessions.values()):
@@ -210,6 +214,7 @@ class Balancer:
         """A session's backend leg died under an open client; it is being re-dialled."""
         backend_id = backend.id if backend is not None else "-"
         self.metrics.failovers.labels(backend_id).inc()
+        self.event(f"session {session.id} lost {backend_id} ({reason}), failing over")
         self.log.warn(
             "session {session} lost backend {backend} ({reason}); failing over",
             session=session.id,
@@ -261,7 +266,12 @@ class Balancer:
         if error is not None:
             self.metrics.poll_errors.labels(backend.id).inc()
 
+    def event(self, text: str) -> None:
+        """Remember something an operator would want to see on the dashboard."""
+        self.events.append((self.clock.seconds(), text))
+
     def _state_changed(self, backend: BackendState, kind: str, state: str) -> None:
+        self.event(f"backend {backend.id} {kind} {state}")
         self.metrics.state_changes.labels(backend.id, kind, state).inc()
         self.log.warn(
             "backend {backend} {kind} is now {state}", backend=backend.id, kind=kind, state=state

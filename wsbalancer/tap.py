@@ -178,6 +178,7 @@ class BalancerService(MultiService):
         for name in config.ignored:
             log.info("{name} has no effect in wsbalancer and is ignored", name=name)
         self._binding(super().startService)
+        self.balancer.event(f"started with {len(config.backends)} backends")
         if self.reload_source is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._on_sighup)
         log.info(
@@ -201,6 +202,7 @@ class BalancerService(MultiService):
             log.error("reload rejected, the running configuration stays: {error}", error=str(e))
             return []
         changes = self.balancer.apply_config(new)
+        self.balancer.event("configuration reloaded: " + ("; ".join(changes) or "no change"))
         log.info("configuration reloaded: {changes}", changes="; ".join(changes) or "no change")
         return changes
 
