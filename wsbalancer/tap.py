@@ -34,6 +34,7 @@ from .admin import admin_site
 from .balancer import Balancer
 from .config import Config, ConfigError, load
 from .dialer import tls_options
+from .notify import sd_notify
 from .poller import CountPoller
 
 log = logs.logger("wsbalancer")
@@ -179,6 +180,7 @@ class BalancerService(MultiService):
             log.info("{name} has no effect in wsbalancer and is ignored", name=name)
         self._binding(super().startService)
         self.balancer.event(f"started with {len(config.backends)} backends")
+        sd_notify(f"READY=1\nSTATUS=relaying to {len(config.backends)} backends")
         if self.reload_source is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._on_sighup)
         log.info(
@@ -212,6 +214,7 @@ class BalancerService(MultiService):
 
     async def _drain_and_stop(self) -> None:
         balancer = self.balancer
+        sd_notify("STOPPING=1")
         balancer.drain()
         for listener in self.listeners:
             await maybeDeferred(listener.stopService)
