@@ -180,3 +180,36 @@ def test_log_level_warn_keeps_session_lines_out() -> None:
             outputs[level] = balancer.communicate(timeout=20)[0]
         assert " ended after " in outputs["info"]
         assert " ended after " not in outputs["warn"]
+
+
+def test_json_log_format_writes_one_json_object_per_line() -> None:
+    import json as jsonlib
+
+    port, admin = free_port(), free_port()
+    with processes() as children:
+        balancer = subprocess.Popen(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "wsbalancer",
+                "--set",
+                "log.format=json",
+                "--listen",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--admin-listen",
+                f"tcp:{admin}:interface=127.0.0.1",
+                "--backend",
+                "ws://127.0.0.1:1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(),
+        )
+        children.append(balancer)
+        wait_port(port, process=balancer)
+        balancer.terminate()
+        output = balancer.communicate(timeout=30)[0]
+    events = [jsonlib.loads(line.strip("\x1e")) for line in output.splitlines() if line.strip()]
+    assert any("wsbalancer relaying" in e.get("log_format", "") for e in events)

@@ -102,6 +102,10 @@ class Options(usage.Options):
             # One clear line and a non-zero exit, before anything is started.
             sys.stderr.write(f"wsbalancer: {e}\n")
             raise SystemExit(2)
+        twistd = getattr(self, "parent", None)
+        if self.loaded.log_format == "json" and twistd is not None and not twistd.get("logger"):
+            # twistd builds its log observer after parsing options: name ours for it.
+            twistd["logger"] = "wsbalancer.logs.json_observer"
 
 
 class _QuietHTTPFactory(_HTTP11ClientFactory):
