@@ -1,22 +1,59 @@
-"""Autobahn TestSuite RFC 6455 cases through the balancer (real processes, real fuzzer)."""
+"""Autobahn TestSuite RFC 6455 cases through the balancer, on both legs (real processes,
+the real fuzzer). Every case must be OK, NON-STRICT or INFORMATIONAL, none missing.
+
+Covered here, every run: the client leg with every case (1.* to 13.*) in the default
+configuration (the backend leg uncompressed, the backend refusing compression), the TLS
+subset through an `ssl:` frontend, the client leg with a compressing backend and the backend
+leg (the fuzzing server as backend) for 1.* to 10.* and 13.*. The 12.* cases with compression
+on both legs are left to the documented command (`wsbalancer-conformance`): 18 of them, each
+1,000 compressed messages of 64-128 KiB echoed through two compressing legs, outlast the
+30 s kosoku gives a case (the case files allow 480 s); see README, Conformance.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from wsbalancer.conformance import ALLOW_LIST, main
+import pytest
+
+from wsbalancer.conformance import ALL_CASES, ALLOW_LIST, main
 
 ROOT = Path(__file__).resolve().parent.parent
-CORE_GROUPS = ["1", "2", "3", "4", "5", "6", "7", "9", "10"]
+OUT = ROOT / "test-output" / "conformance"
+BOTH_LEGS = "1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*,13.*"
 
 
-def test_autobahn_cases_1_to_10_pass_through_the_balancer() -> None:
-    out = ROOT / "test-output" / "conformance-core"
-    cases = ",".join(f"{g}.*" for g in CORE_GROUPS)
-    assert main(["--out", str(out), "--cases", cases, "-p", "2"]) == 0
-    summary = json.loads((out / "client-leg" / "summary.json").read_text())
-    assert list(summary["groups"]) == CORE_GROUPS
-    assert summary["failing"] == []
-    assert summary["total"] >= 300  # every case of these groups ran and was judged
+def _check(leg: str, groups: list[str], at_least: int) -> None:
+    summary = json.loads((OUT / leg / "summary.json").read_text())
+    assert summary["failing"] == [] and summary["missing"] == [], summary
+    assert list(summary["groups"]) == groups
+    assert summary["total"] >= at_least
+
+
+@pytest.mark.timeout(2400)
+def test_every_case_on_the_client_leg_and_the_tls_subset() -> None:
+    assert (
+        main(
+            [
+                "--out",
+                str(OUT),
+                "--cases",
+                ",".join(ALL_CASES),
+                "--legs",
+                "client-plain-backend,client-tls",
+            ]
+        )
+        == 0
+    )
+    _check("client-plain-backend", [c.split(".")[0] for c in ALL_CASES], 517)
+    _check("client-tls", ["1", "2", "5", "7", "9", "12"], 100)
     assert ALLOW_LIST == {}
+
+
+@pytest.mark.timeout(1800)
+def test_backend_leg_and_compressing_backend() -> None:
+    assert main(["--out", str(OUT), "--cases", BOTH_LEGS, "--legs", "client,backend"]) == 0
+    groups = [c.split(".")[0] for c in BOTH_LEGS.split(",")]
+    _check("client", groups, 427)
+    _check("backend", groups, 427)
