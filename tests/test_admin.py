@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import pytest_twisted
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,7 +20,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from wsbalancer.admin import admin_site
 from wsbalancer.balancer import Balancer
-from wsbalancer.config import load
+from wsbalancer.config import ConfigError, load
 from wsbalancer.pool import PodInfo
 
 NOW = 1_700_000_000.5  # 2023-11-14T22:13:20.5Z
@@ -157,9 +158,15 @@ def test_custom_balancer_metric_path() -> None:
 def test_nested_balancer_metric_path() -> None:
     # The config accepts any absolute path (the Traefik seed's balancerMetricPath), so a
     # path of several segments must be served where it says, not be a 404.
-    _, stub = make(("admin.balancer_metric_path", "/api/balancer-metrics"))
-    code, doc = get_json(stub, "/api/balancer-metrics")
+    _, stub = make(("admin.balancer_metric_path", "/lb/balancer-metrics"))
+    code, doc = get_json(stub, "/lb/balancer-metrics")
     assert code == 200 and "services" in doc
+
+
+def test_balancer_metric_path_cannot_shadow_another_endpoint() -> None:
+    with pytest.raises(ConfigError) as raised:
+        make(("admin.balancer_metric_path", "/api/balancer-metrics"))
+    assert "admin.balancer_metric_path: /api is taken by the admin API" in str(raised.value)
 
 
 # --- health and readiness ----------------------------------------------------------------------

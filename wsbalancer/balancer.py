@@ -9,14 +9,22 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from . import extensions
 from .compression import accept_deflate_offer, refuse_compression
 from .config import BackendConfig, Config
 from .dialer import BackendDialer
+from .extensions import SessionRecorder
 from .lean import bake_options
 from .logs import logger
 from .metrics import BalancerMetrics
 from .pool import BackendPool, BackendState
-from .relay import BackendProtocol, FrontendProtocol, RelayFactory
+from .relay import (
+    BackendProtocol,
+    FrontendProtocol,
+    HookedBackendProtocol,
+    HookedFrontendProtocol,
+    RelayFactory,
+)
 from .session import RelaySession, peer_host
 
 
@@ -42,10 +50,18 @@ class Balancer:
             rng=rng,
         )
         self.pool.on_state_change = self._state_changed
-        self.dialer = BackendDialer(reactor, config, BackendProtocol, clock=self.clock)
+        self.dialer = BackendDialer(
+            reactor,
+            config,
+            HookedBackendProtocol if config.hooks else BackendProtocol,
+            clock=self.clock,
+        )
         self.sessions: dict[int, RelaySession] = {}
         self.factories: list[RelayFactory] = []
         self.events: deque[tuple[float, str]] = deque(maxlen=50)  # for the dashboard
+        self.listeners: list[Any] = [SessionRecorder(self)]
+        self.listeners += [extensions.load(name) for name in config.listeners]
+        self.hooks: list[Any] = [extensions.load(name) for name in config.hooks]
         self.draining = False
         # Traffic of sessions already ended: msgs in, msgs out, bytes in, bytes out.
         self._ended_traffic = [0, 0, 0, 0]
@@ -80,7 +96,8 @@ class Balancer:
                 accept_deflate_offer if config.compression else refuse_compression
             ),
         )
-        factory.protocol = bake_options(FrontendProtocol, factory)  # type: ignore[assignment]
+        base = HookedFrontendProtocol if self.hooks else FrontendProtocol
+        factory.protocol = bake_options(base, factory)  # type: ignore[assignment]
 
     # --- reload and drain -------------------------------------------------------------
 
@@ -166,16 +183,29 @@ class Balancer:
 
     # --- events from sessions -------------------------------------------------------
 
+    def _notify(self, event: str, *args: Any) -> None:
+        for listener in self.listeners:
+            try:
+                getattr(listener, event)(*args)
+            except Exception:
+                self.log.failure(
+                    "session listener {listener} failed on {event}",
+                    listener=type(listener).__name__,
+                    event=event,
+                )
+
     def session_opened(self, session: RelaySession) -> None:
         """The backend leg is open; the client is about to get its 101."""
         self.sessions[session.id] = session
-        backend = session.backend_state
-        assert backend is not None
-        self.metrics.sessions_opened.labels(backend.id).inc()
-        self.metrics.handshake_seconds.observe(self.clock.seconds() - session.started)
+        self._notify("session_opened", session)
+
+    def backend_picked(self, session: RelaySession, backend: BackendState) -> None:
+        """A backend was chosen for a session (first dial or failover)."""
+        if len(self.listeners) > 1:
+            self._notify("backend_picked", session, backend.id)
 
     def session_ended(self, session: RelaySession) -> None:
-        """Both legs are closed: count the session's traffic and log one line."""
+        """Both legs are closed: count the session's traffic and tell the listeners."""
         if self.sessions.pop(session.id, None) is None:
             return
         for state in list(self.pool.backends.values()):
@@ -186,33 +216,14 @@ class Balancer:
         t[1] += session.msgs_out
         t[2] += session.bytes_in
         t[3] += session.bytes_out
-        backend_id = session.backend_state.id if session.backend_state else "-"
-        code = session.close_code
-        self.metrics.sessions_closed.labels(backend_id, str(code or 1005)).inc()
-        peer = peer_host(session.client)
-        self.log.info(
-            "session {session} {peer} {path} on {backend} ended after {duration:.1f}s: "
-            "close {code} {reason!r} by {by}; {msgs_in} msgs/{bytes_in} B in, "
-            "{msgs_out} msgs/{bytes_out} B out",
-            session=session.id,
-            peer=peer,
-            path=session.client.http_request_path,
-            backend=backend_id,
-            duration=self.clock.seconds() - session.started,
-            code=code,
-            reason=session.close_reason,
-            by=session.closed_by or "-",
-            msgs_in=session.msgs_in,
-            bytes_in=session.bytes_in,
-            msgs_out=session.msgs_out,
-            bytes_out=session.bytes_out,
-        )
+        self._notify("session_closed", session)
 
     def failover_started(
         self, session: RelaySession, backend: BackendState | None, reason: str
     ) -> None:
         """A session's backend leg died under an open client; it is being re-dialled."""
         backend_id = backend.id if backend is not None else "-"
+        session.failover_from = backend_id
         self.metrics.failovers.labels(backend_id).inc()
         self.event(f"session {session.id} lost {backend_id} ({reason}), failing over")
         self.log.warn(
@@ -224,23 +235,8 @@ class Balancer:
 
     def failover_done(self, session: RelaySession, error: str | None) -> None:
         """A failover ended: on a new backend (error None) or given up."""
-        if error is None:
-            assert session.backend_state is not None
-            self.metrics.failover_outcomes.labels("ok").inc()
-            self.log.info(
-                "session {session} failed over to {backend} (reconnect {n}, {held} held "
-                "messages delivered, {lost} possibly lost so far)",
-                session=session.id,
-                backend=session.backend_state.id,
-                n=session.reconnects,
-                held=0,
-                lost=session.lost,
-            )
-        else:
-            self.metrics.failover_outcomes.labels("gave_up").inc()
-            self.log.warn(
-                "session {session} failover gave up: {error}", session=session.id, error=error
-            )
+        new = session.backend_state.id if error is None and session.backend_state else None
+        self._notify("failed_over", session, session.failover_from, new, error or "ok")
 
     def handshake_outcome(self, outcome: str) -> None:
         """Count a client handshake's outcome (bounded set of labels)."""

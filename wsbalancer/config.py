@@ -119,6 +119,8 @@ class Config:
     failover_max_per_session: int = 10
     reconnect_header: str = "X-Balancer-Reconnect"
     abnormal_close_codes: tuple[int, ...] = (1006, 1011, 1012, 1001, 1013)
+    listeners: tuple[str, ...] = ()
+    hooks: tuple[str, ...] = ()
     log_level: str = "info"
     log_format: str = "text"
     ignored: tuple[str, ...] = field(default=())
@@ -304,12 +306,46 @@ def parse_compression_level(value: Any) -> int:
     return level
 
 
+def parse_dotted_names(value: Any) -> tuple[str, ...]:
+    """Importable dotted names (checked now, so a typo stops start-up, not a session)."""
+    from twisted.python.reflect import namedAny
+
+    names = parse_list(value)
+    for name in names:
+        try:
+            namedAny(name)
+        except Exception as e:
+            raise ValueError(f"cannot import {name!r} ({e.__class__.__name__}: {e})")
+    return names
+
+
 def parse_metric_path(value: Any) -> str:
     """Where backends report their count: a path, an http(s) URL, or none."""
     text = str(value).strip()
     if text.lower() == "none" or text.startswith("/") or re.match(r"^https?://", text):
         return text
     raise ValueError(f"expected a path starting with /, an http(s) URL or none, got {value!r}")
+
+
+# First path segments of the admin site's own endpoints.
+ADMIN_RESERVED = {
+    "api": "the admin API",
+    "metrics": "Prometheus",
+    "healthz": "health",
+    "readyz": "readiness",
+    "dashboard": "the dashboard",
+}
+
+
+def parse_metric_document_path(value: Any) -> str:
+    """Where the JSON distribution is served: a path not taken by another endpoint."""
+    path = parse_path(value)
+    first = path.strip("/").split("/")[0]
+    if first in ADMIN_RESERVED:
+        raise ValueError(f"/{first} is taken by {ADMIN_RESERVED[first]}")
+    if not first:
+        raise ValueError("the admin site's root is taken by its index")
+    return path
 
 
 def parse_path(value: Any) -> str:
@@ -334,7 +370,7 @@ def parse_ca_file(value: Any) -> str | None:
 SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "listen": (parse_endpoints, "listen"),
     "admin.listen": (parse_endpoint, "admin_listen"),
-    "admin.balancer_metric_path": (parse_path, "balancer_metric_path"),
+    "admin.balancer_metric_path": (parse_metric_document_path, "balancer_metric_path"),
     "admin.token": (str, "admin_token"),
     "admin.open_reads": (parse_bool, "admin_open_reads"),
     "balancing.strategy": (
@@ -390,6 +426,8 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "failover.max_per_session": (parse_int, "failover_max_per_session"),
     "failover.reconnect_header": (str, "reconnect_header"),
     "failover.close_codes": (parse_close_codes, "abnormal_close_codes"),
+    "extensions.listeners": (parse_dotted_names, "listeners"),
+    "extensions.hooks": (parse_dotted_names, "hooks"),
     "log.level": (_enum(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}), "log_level"),
     "log.format": (_enum(("text", "json")), "log_format"),
 }

@@ -207,6 +207,41 @@ class BackendProtocol(LeanSend, WebSocketClientProtocol):  # type: ignore[misc]
             session.backend_lost(self, failure, wasClean)
 
 
+class HookedFrontendProtocol(FrontendProtocol):  # type: ignore[misc]
+    """The client leg when message hooks are configured (the plain one stays lean)."""
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        message = run_hooks(self, "client_to_backend", payload, isBinary)
+        if message is not None:
+            super().onMessage(*message)
+
+
+class HookedBackendProtocol(BackendProtocol):  # type: ignore[misc]
+    """The backend leg when message hooks are configured."""
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        message = run_hooks(self, "backend_to_client", payload, isBinary)
+        if message is not None:
+            super().onMessage(*message)
+
+
+def run_hooks(leg: Any, direction: str, payload: bytes, is_binary: bool) -> Any:
+    """The message after every hook, or None when one dropped it (or failed)."""
+    session = leg.session
+    message: Any = (payload, is_binary)
+    for hook in session.balancer.hooks:
+        try:
+            message = getattr(hook, direction)(session, *message)
+        except Exception:
+            _log.failure(
+                "message hook {hook} failed; the message is dropped", hook=type(hook).__name__
+            )
+            return None
+        if message is None:
+            return None
+    return message
+
+
 class RelayFactory(WebSocketServerFactory):
     """The client-facing factory; shared by every listen endpoint."""
 

@@ -91,6 +91,7 @@ class RelaySession:
         "unanswered",
         "lost",
         "subprotocol",
+        "failover_from",
     )
 
     def __init__(self, balancer: Balancer, client: FrontendProtocol) -> None:
@@ -117,6 +118,7 @@ class RelaySession:
         self.unanswered = 0  # client messages sent to the backend since it last sent one
         self.lost = 0  # of those, the ones sent to backends that then died
         self.subprotocol: str | None = None
+        self.failover_from: str | None = None
 
     # --- opening ------------------------------------------------------------------
 
@@ -178,6 +180,7 @@ class RelaySession:
         while (backend := pool.pick(exclude=tried)) is not None:
             tried.append(backend.id)
             pool.dial_started(backend)
+            balancer.backend_picked(self, backend)
             self.dial = balancer.dialer.dial(
                 backend.config,
                 backend_resource(backend.config.url, args["uri"]),
