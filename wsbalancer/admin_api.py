@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -19,21 +20,25 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from .config import BackendConfig, ConfigError, _BackendSpec, _build_backend
+from .logs import logger
 
 if TYPE_CHECKING:
     from .balancer import Balancer
     from .pool import BackendState
     from .session import RelaySession
 
+_log = logger("wsbalancer.admin")
 MAX_BODY = 64 * 1024
+_DIGITS = re.compile(r"[0-9]{1,9}")  # str.isdigit() also takes "²", which int() refuses
 
 
 class ApiError(Exception):
     """An error answer: HTTP status, a short code, and a sentence."""
 
-    def __init__(self, status: int, error: str, reason: str) -> None:
+    def __init__(self, status: int, error: str, reason: str, allow: list[str] = ()) -> None:  # type: ignore[assignment]
         super().__init__(reason)
         self.status, self.error, self.reason = status, error, reason
+        self.allow = list(allow)
 
 
 def backend_view(balancer: Balancer, b: BackendState) -> dict[str, Any]:
@@ -109,6 +114,11 @@ class AdminApi(Resource):
             status, document = e.status, {"error": e.error, "reason": e.reason}
             if e.status == 401:
                 request.setHeader(b"www-authenticate", b'Bearer realm="wsbalancer"')
+            if e.allow:
+                request.setHeader(b"allow", ", ".join(e.allow).encode())
+        except Exception:
+            _log.failure("admin API call {method} {path} failed", method=method, path=request.path)
+            status, document = 500, {"error": "internal", "reason": "see the balancer's log"}
         request.setResponseCode(status)
         return json.dumps(document, indent=1).encode() + b"\n"
 
@@ -161,6 +171,7 @@ class AdminApi(Resource):
                         405,
                         "method_not_allowed",
                         f"{method} is not allowed here; use {', '.join(methods)}",
+                        allow=list(methods),
                     )
                 args = [x for p, x in zip(pattern, parts, strict=True) if p == "*"]
                 return handler(request, *args)
@@ -175,7 +186,9 @@ class AdminApi(Resource):
         return state
 
     def _session(self, session_id: str) -> RelaySession:
-        session = self.balancer.sessions.get(int(session_id)) if session_id.isdigit() else None
+        session = (
+            self.balancer.sessions.get(int(session_id)) if _DIGITS.fullmatch(session_id) else None
+        )
         if session is None:
             raise ApiError(404, "unknown_session", f"no open session {session_id!r}")
         return session
@@ -219,6 +232,12 @@ class AdminApi(Resource):
                 "expected {url, id?, metric?, weight?}"
                 + (f"; unknown {sorted(unknown)[0]!r}" if unknown else ""),
             )
+        for key in ("url", "id", "metric"):
+            if key in body and (not isinstance(body[key], str) or not body[key]):
+                raise ApiError(400, "bad_body", f"{key} must be a non-empty string")
+        weight = body.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ApiError(400, "bad_body", "weight must be a number")
         spec = _BackendSpec(
             url=body["url"],
             source="request",
@@ -306,7 +325,7 @@ class AdminApi(Resource):
         session = self._session(session_id)
         code_text = self._arg(request, "code") or "1000"
         reason = self._arg(request, "reason") or "terminated by the operator"
-        if not code_text.isdigit() or not (
+        if not _DIGITS.fullmatch(code_text) or not (
             int(code_text) == 1000
             or 1001 <= int(code_text) <= 1003
             or 1007 <= int(code_text) <= 1014

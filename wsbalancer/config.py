@@ -649,7 +649,7 @@ def _build_backend(spec: _BackendSpec, metric_path: str) -> BackendConfig:
     if not weight > 0:
         raise ConfigError(f"{spec.source}: weight: must be above zero, got {spec.weight!r}")
     backend_id = str(spec.id).strip() if spec.id not in (None, "") else parts.netloc
-    if not re.match(r"^[A-Za-z0-9_.:\-\[\]]+$", backend_id):
+    if not re.match(r"^[A-Za-z0-9_.:\-\[\]]{1,260}$", backend_id):
         raise ConfigError(
             f"{spec.source}: id: use letters, digits and . _ - : only, got {backend_id!r}"
         )
