@@ -163,3 +163,52 @@ async def test_pause_stops_accepting_and_resume_accepts_again() -> None:
         await aio(kept.close())
     finally:
         await _teardown(backends, lb)
+
+
+@pytest_twisted.ensureDeferred
+async def test_prometheus_families_move_when_clients_connect() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def scrape() -> dict[str, float]:
+        response = await treq.get(lb.admin_url("/metrics"), persistent=False)
+        text = (await response.content()).decode()
+        values: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                key = sample.name + ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                values[key] = sample.value
+        return values
+
+    backends, lb = await _setup()
+    try:
+        before = await scrape()
+        ws = await aio(websockets.connect(lb.ws_url()))
+        await aio(ws.send("count me"))
+        await recv(ws)
+        during = await scrape()
+        active = [v for k, v in during.items() if k.startswith("wsbalancer_sessions_active")]
+        assert sum(active) == 1
+        sent = "wsbalancer_messages_totaldirection=client_to_backend"
+        assert during[sent] == before.get(sent, 0) + 1
+        assert any(
+            k.startswith("wsbalancer_handshakes_total") and "outcome=ok" in k for k in during
+        )
+        assert any(k.startswith("wsbalancer_picks_total") and v >= 1 for k, v in during.items())
+        await aio(ws.close())
+        await wait_for(lambda: not lb.balancer.sessions)
+        after = await scrape()
+        closed = [
+            v
+            for k, v in after.items()
+            if k.startswith("wsbalancer_sessions_closed_total") and "code=1000" in k
+        ]
+        assert sum(closed) == 1
+        for family in (
+            "wsbalancer_poll_seconds",
+            "wsbalancer_backend_up",
+            "wsbalancer_backend_breaker",
+            "wsbalancer_handshake_seconds",
+        ):
+            assert any(k.startswith(family) for k in after), family
+    finally:
+        await _teardown(backends, lb)
