@@ -3,9 +3,10 @@ the real fuzzer). Every case must be OK, NON-STRICT or INFORMATIONAL, none missi
 
 Covered here, every run: the client leg with every case (1.* to 13.*) in the default
 configuration (the backend leg uncompressed, the backend refusing compression), the TLS
-subset through an `ssl:` frontend, the client leg with a compressing backend and the backend
-leg (the fuzzing server as backend) for 1.* to 10.* and 13.*. The 12.* cases with compression
-on both legs are left to the documented command (`wsbalancer-conformance`): 18 of them, each
+subset through an `ssl:` frontend, and for 1.* to 10.* the client leg with a compressing
+backend and the backend leg (the fuzzing server as backend). The compression groups with
+compression on both legs (12.*, 13.*: some twenty minutes of CPU on this 2-core machine) run
+with the documented command (`wsbalancer-conformance`); there, 18 of the 12.* cases, each
 1,000 compressed messages of 64-128 KiB echoed through two compressing legs, outlast the
 30 s kosoku gives a case (the case files allow 480 s); see README, Conformance.
 """
@@ -21,7 +22,7 @@ from wsbalancer.conformance import ALL_CASES, ALLOW_LIST, main
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "test-output" / "conformance"
-BOTH_LEGS = "1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*,13.*"
+BOTH_LEGS = "1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*"
 
 
 def _check(leg: str, groups: list[str], at_least: int) -> None:
@@ -55,5 +56,5 @@ def test_every_case_on_the_client_leg_and_the_tls_subset() -> None:
 def test_backend_leg_and_compressing_backend() -> None:
     assert main(["--out", str(OUT), "--cases", BOTH_LEGS, "--legs", "client,backend"]) == 0
     groups = [c.split(".")[0] for c in BOTH_LEGS.split(",")]
-    _check("client", groups, 427)
-    _check("backend", groups, 427)
+    _check("client", groups, 301)
+    _check("backend", groups, 301)
