@@ -356,10 +356,13 @@ def test_repeated_failures_take_a_confirmed_backend_down_and_successes_bring_it_
     assert s.backend().health == UP
     s.poll()
     assert s.backend().health == DOWN
+    assert s.pool.pick() is None  # down: no new session goes there
     s.resource.answers["a"] = (200, body(1))
     s.poll()
+    assert s.backend().health == DOWN  # one success is not `rise`
     s.poll()
     assert s.backend().health == UP
+    assert s.pool.pick() is s.backend()
 
 
 def test_result_for_a_backend_removed_meanwhile_is_dropped() -> None:

@@ -76,10 +76,20 @@ class SessionRecorder(SessionListener):
         self.balancer = balancer
 
     def session_opened(self, session: RelaySession) -> None:
+        from .session import peer_host
+
         metrics = self.balancer.metrics
         assert session.backend_state is not None
         metrics.sessions_opened.labels(session.backend_state.id).inc()
         metrics.handshake_seconds.observe(self.balancer.clock.seconds() - session.started)
+        self.log.info(
+            "session {session} {peer} {path} opened on {backend} (subprotocol {subprotocol})",
+            session=session.id,
+            peer=peer_host(session.client),
+            path=session.client.http_request_path,
+            backend=session.backend_state.id,
+            subprotocol=session.subprotocol,
+        )
 
     def failed_over(
         self, session: RelaySession, old_backend: str | None, new_backend: str | None, reason: str
