@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import signal
 import subprocess
@@ -32,7 +31,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wsbalancer.conformance import free_port, processes, wait_port  # noqa: E402
+from wsbalancer.processes import (  # noqa: E402
+    free_port,
+    processes,
+    spawn_balancer,
+    wait_port,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -112,33 +116,20 @@ async def chaos(args: argparse.Namespace) -> dict[str, Any]:
         for i, p in enumerate(ports):
             backends[p] = start_backend(p, f"b{i}")
             wait_port(p, process=backends[p])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WSBALANCER_")}
-        balancer = subprocess.Popen(
+        balancer = spawn_balancer(
+            children,
+            port,
+            admin,
+            [f"ws://127.0.0.1:{p}" for p in ports],
             [
-                str(BIN / "twistd"),
-                "-n",
-                "--pidfile=",
-                "wsbalancer",
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--admin-listen",
-                f"tcp:{admin}:interface=127.0.0.1",
-                *[a for p in ports for a in ("--backend", f"ws://127.0.0.1:{p}")],
-                "--set",
                 "log.level=warn",
-                "--set",
                 "balancing.poll_interval=0.5s",
-                "--set",
                 "failover.backoff=100ms",
-                "--set",
                 "failover.attempts=5",
-                "--set",
                 "breaker.cooldown=1s",
             ],
-            env=env,
-            stdout=subprocess.DEVNULL,
+            wait=False,
         )
-        children.append(balancer)
         wait_port(port, process=balancer)
         clients = [Client(i) for i in range(args.clients)]
         stop = asyncio.Event()

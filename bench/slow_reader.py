@@ -13,7 +13,6 @@ not read yet, growing by (backend speed - rate) per second.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import threading
@@ -24,7 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from wsbalancer.config import parse_size  # noqa: E402
-from wsbalancer.conformance import free_port, processes, wait_port  # noqa: E402
+from wsbalancer.processes import (  # noqa: E402
+    free_port,
+    processes,
+    spawn_balancer,
+    wait_port,
+)
 
 CHUNK = 64 * 1024
 
@@ -91,40 +95,23 @@ def main() -> None:
     from websockets.sync.client import connect
 
     backend_port, port, admin = free_port(), free_port(), free_port()
-    bindir = Path(sys.executable).parent
     with processes() as children:
         backend = subprocess.Popen([sys.executable, __file__, "--serve-backend", str(backend_port)])
         children.append(backend)
         wait_port(backend_port, process=backend)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WSBALANCER_")}
-        balancer = subprocess.Popen(
+        balancer = spawn_balancer(
+            children,
+            port,
+            admin,
+            [f"ws://127.0.0.1:{backend_port}"],
             [
-                str(bindir / "twistd"),
-                "-n",
-                "--pidfile=",
-                "wsbalancer",
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--admin-listen",
-                f"tcp:{admin}:interface=127.0.0.1",
-                "--backend",
-                f"ws://127.0.0.1:{backend_port}",
-                "--set",
                 "log.level=warn",
-                "--set",
                 "balancing.metric_path=none",
-                "--set",
                 "compression.client=false",
-                "--set",
                 "keepalive.client.ping_interval=0",
-                "--set",
                 "keepalive.backend.ping_interval=0",
             ],
-            env=env,
-            stdout=subprocess.DEVNULL,
         )
-        children.append(balancer)
-        wait_port(port, process=balancer)
         samples: list[int] = []
         done = threading.Event()
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from wsbalancer.conformance import free_port, processes, wait_port
+from wsbalancer.processes import free_port, processes, spawn_balancer, spawn_demo_backend
 
 BIN = Path(sys.executable).parent
 
@@ -15,35 +15,14 @@ BIN = Path(sys.executable).parent
 def test_schemathesis_finds_no_failure_in_the_admin_api() -> None:
     backend_port, port, admin = free_port(), free_port(), free_port()
     with processes() as children:
-        backend = subprocess.Popen(
-            [str(BIN / "wsbalancer-demo-backend"), "--port", str(backend_port)],
-            stdout=subprocess.DEVNULL,
+        spawn_demo_backend(children, backend_port)
+        spawn_balancer(
+            children,
+            port,
+            admin,
+            [f"a=ws://127.0.0.1:{backend_port}"],
+            ["admin.token=schema-token", "log.level=error"],
         )
-        children.append(backend)
-        wait_port(backend_port, process=backend)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WSBALANCER_")}
-        balancer = subprocess.Popen(
-            [
-                str(BIN / "twistd"),
-                "-n",
-                "--pidfile=",
-                "wsbalancer",
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--admin-listen",
-                f"tcp:{admin}:interface=127.0.0.1",
-                "--backend",
-                f"a=ws://127.0.0.1:{backend_port}",
-                "--set",
-                "admin.token=schema-token",
-                "--set",
-                "log.level=error",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
-        children.append(balancer)
-        wait_port(admin, process=balancer)
         base = f"http://127.0.0.1:{admin}"
         result = subprocess.run(
             [

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from wsbalancer.conformance import free_port, processes, wait_port
+from wsbalancer.processes import free_port, processes, wait_port
 
 from .test_demo import DEMO
 

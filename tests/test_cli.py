@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from wsbalancer.conformance import free_port, processes, wait_port
+from wsbalancer.processes import free_port, processes, spawn_demo_backend, wait_port
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 
@@ -97,16 +97,7 @@ def test_seed_environment_alone_is_enough_to_relay() -> None:
 
     backend_port, port, admin = free_port(), free_port(), free_port()
     with processes() as children:
-        backend = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "wsbalancer-demo-backend"),
-                "--port",
-                str(backend_port),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        children.append(backend)
-        wait_port(backend_port, process=backend)
+        spawn_demo_backend(children, backend_port)
         balancer = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "wsbalancer"],
             stdout=subprocess.DEVNULL,
@@ -135,16 +126,7 @@ def test_seed_environment_alone_is_enough_to_relay() -> None:
 def test_log_level_warn_keeps_session_lines_out() -> None:
     backend_port, port, admin = free_port(), free_port(), free_port()
     with processes() as children:
-        backend = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "wsbalancer-demo-backend"),
-                "--port",
-                str(backend_port),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        children.append(backend)
-        wait_port(backend_port, process=backend)
+        spawn_demo_backend(children, backend_port)
         outputs = {}
         for level in ("info", "warn"):
             balancer = subprocess.Popen(

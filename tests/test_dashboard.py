@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from wsbalancer.conformance import free_port, processes, wait_port
+from wsbalancer.processes import free_port, processes, spawn_balancer, spawn_demo_backend
 
 from .test_browser import BROWSER_DIR, _node_modules
 
@@ -25,37 +25,9 @@ def test_dashboard_shows_backends_updates_live_and_escapes_backend_strings() -> 
     with processes() as children:
         for i, p in enumerate(backend_ports):
             env = dict(os.environ, POD_NAME=EVIL if i == 2 else f"pod-{i}")
-            child = subprocess.Popen(
-                [str(BIN / "wsbalancer-demo-backend"), "--port", str(p), "--name", f"backend-{i}"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-            )
-            children.append(child)
-            wait_port(p, process=child)
-        balancer = subprocess.Popen(
-            [
-                str(BIN / "twistd"),
-                "-n",
-                "--pidfile=",
-                "wsbalancer",
-                "--listen",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--admin-listen",
-                f"tcp:{admin}:interface=127.0.0.1",
-                "--set",
-                "balancing.poll_interval=0.3s",
-                *[
-                    a
-                    for i, p in enumerate(backend_ports)
-                    for a in ("--backend", f"backend-{i}=ws://127.0.0.1:{p}")
-                ],
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={k: v for k, v in os.environ.items() if not k.startswith("WSBALANCER_")},
-        )
-        children.append(balancer)
-        wait_port(admin, process=balancer)
+            spawn_demo_backend(children, p, f"backend-{i}", env=env)
+        backends = [f"backend-{i}=ws://127.0.0.1:{p}" for i, p in enumerate(backend_ports)]
+        spawn_balancer(children, port, admin, backends, ["balancing.poll_interval=0.3s"])
         result = subprocess.run(
             [
                 "node",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
-from wsbalancer.conformance import free_port, processes, wait_port
+from wsbalancer.processes import free_port, processes, wait_port
 
 DEMO = str(Path(sys.executable).parent / "wsbalancer-demo")
 

@@ -16,19 +16,14 @@ from typing import Any
 
 from websockets.sync.client import connect
 
-from wsbalancer.conformance import free_port, processes, wait_port
+from wsbalancer.processes import free_port, processes, spawn_demo_backend, wait_port
 
 BIN = Path(sys.executable).parent
 
 
 def _backend(children: list[Any], name: str) -> int:
     port = free_port()
-    child = subprocess.Popen(
-        [str(BIN / "wsbalancer-demo-backend"), "--port", str(port), "--name", name],
-        stdout=subprocess.DEVNULL,
-    )
-    children.append(child)
-    wait_port(port, process=child)
+    spawn_demo_backend(children, port, name)
     return port
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
-from wsbalancer.conformance import free_port, processes, wait_port
+from wsbalancer.processes import free_port, processes, spawn_demo_backend, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -48,12 +48,7 @@ def test_socket_activation_relays_through_the_inherited_socket_and_notifies_read
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify, processes() as children:
         notify.bind(notify_path)
         notify.settimeout(30)
-        backend = subprocess.Popen(
-            [str(BIN / "wsbalancer-demo-backend"), "--port", str(backend_port)],
-            stdout=subprocess.DEVNULL,
-        )
-        children.append(backend)
-        wait_port(backend_port, process=backend)
+        spawn_demo_backend(children, backend_port)
         env = {k: v for k, v in os.environ.items() if not k.startswith("WSBALANCER_")}
         env["NOTIFY_SOCKET"] = notify_path
         balancer = subprocess.Popen(

@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +31,15 @@ from contextlib import ExitStack, contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
+
+from .processes import (
+    bin_path,
+    free_port,
+    processes,
+    spawn_balancer,
+    spawn_demo_backend,
+    wait_port,
+)
 
 PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
 PASSING_CLOSE = {"OK", "INFORMATIONAL"}
@@ -61,69 +68,11 @@ LEGS = ("client", "client-plain-backend", "client-tls", "backend")
 ALLOW_LIST: dict[str, str] = {}
 
 
-def free_port() -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(
-    port: int, timeout: float = 20.0, process: subprocess.Popen[Any] | None = None
-) -> None:
-    """Wait until something accepts on 127.0.0.1:port (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
-
-
-@contextmanager
-def processes() -> Iterator[list[subprocess.Popen[Any]]]:
-    """Child processes, all terminated on the way out."""
-    children: list[subprocess.Popen[Any]] = []
-    try:
-        yield children
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-
-
-def bin_path(name: str) -> str:
-    """A console script of this environment (next to the running interpreter)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
 def start_echo_backend(children: list[subprocess.Popen[Any]], compression: bool, log: Any) -> int:
     """The demo backend in echo mode, in its own process."""
     port = free_port()
-    cmd = [
-        bin_path("wsbalancer-demo-backend"),
-        "--port",
-        str(port),
-        "--name",
-        "echo",
-        "--compression-level",
-        "1",
-    ]
-    if not compression:
-        cmd.append("--no-compression")
-    child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    children.append(child)
-    wait_port(port, process=child)
+    args = ["--compression-level", "1"] + ([] if compression else ["--no-compression"])
+    spawn_demo_backend(children, port, "echo", args, output=log)
     return port
 
 
@@ -136,38 +85,19 @@ def start_balancer(
 ) -> int:
     """The balancer under twistd, in its own process, in front of the backend."""
     port, admin = free_port(), free_port()
-    listen = f"tcp:{port}:interface=127.0.0.1"
+    listen = None
     if tls is not None:
         listen = f"ssl:{port}:interface=127.0.0.1:privateKey={tls[1]}:certKey={tls[0]}"
-    cmd = [
-        bin_path("twistd"),
-        "-n",
-        "--pidfile=",
-        "wsbalancer",
-        "--listen",
-        listen,
-        "--admin-listen",
-        f"tcp:{admin}:interface=127.0.0.1",
-        "--backend",
-        f"ws://127.0.0.1:{backend_port}",
-        "--set",
-        "log.level=warn",
-    ]
-    for setting in settings:
-        cmd += ["--set", setting]
-    child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
-    children.append(child)
-    wait_port(port, process=child)
+    spawn_balancer(
+        children,
+        port,
+        admin,
+        [f"ws://127.0.0.1:{backend_port}"],
+        ["log.level=warn", *settings],
+        listen=listen,
+        output=log,
+    )
     return port
-
-
-def _env() -> dict[str, str]:
-    # The balancer must not pick up a configuration meant for something else.
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("WSBALANCER_") and k not in ("BE_URLS", "FE_ADDR", "ADM_ADDR")
-    }
 
 
 def make_certificate(folder: Path) -> tuple[str, str]:
@@ -434,6 +364,26 @@ async def _testee(url: str, agent: str, parallel: int) -> None:
             pass
 
 
+def run_in_own_loop(coroutine: Any) -> None:
+    """Run a coroutine to the end on a fresh event loop in its own thread (the caller may
+    already be inside an event loop, as under the test suite's asyncio reactor)."""
+    import threading
+
+    failures: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coroutine)
+        except BaseException as e:  # handed to the caller
+            failures.append(e)
+
+    thread = threading.Thread(target=target, name="conformance-testee")
+    thread.start()
+    thread.join()
+    if failures:
+        raise failures[0]
+
+
 def run_backend_leg(outdir: Path, cases: list[str], parallel: int) -> dict[str, Any]:
     """Fuzzing server as the backend, an echoing testee through the balancer."""
     outdir.mkdir(parents=True, exist_ok=True)
@@ -468,7 +418,7 @@ def run_backend_leg(outdir: Path, cases: list[str], parallel: int) -> dict[str, 
             ],
         )
         started = time.monotonic()
-        asyncio.run(_testee(f"ws://127.0.0.1:{port}", "wsbalancer", parallel))
+        run_in_own_loop(_testee(f"ws://127.0.0.1:{port}", "wsbalancer", parallel))
         try:
             fuzzer.wait(120)
         except subprocess.TimeoutExpired:

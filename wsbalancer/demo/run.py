@@ -16,7 +16,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from ..config import load
-from ..conformance import bin_path, wait_port
+from ..processes import bin_path, wait_port
 from .backend import chat_page
 
 
