@@ -131,7 +131,7 @@ class _Crashing(DemoProtocol):
 @pytest_twisted.ensureDeferred
 async def test_a_backend_failing_every_session_does_not_loop_a_client_forever() -> None:
     crashing = start_backend("crashing", protocol=_Crashing)
-    lb = await start_balancer([crashing.url], failover__max_per_session="3")
+    lb = await start_balancer([crashing.url], failover__max_consecutive="3")
     try:
         ws = await aio(websockets.connect(lb.ws_url()))
         await aio(ws.wait_closed())

@@ -116,7 +116,8 @@ class Config:
     failover_attempts: int = 3
     failover_backoff: float = 0.25
     failover_buffer: int = 1024 * 1024
-    failover_max_per_session: int = 10
+    failover_max_consecutive: int = 10
+    failover_stable_after: float = 5.0
     reconnect_header: str = "X-Balancer-Reconnect"
     abnormal_close_codes: tuple[int, ...] = (1006, 1011, 1012, 1001, 1013)
     listeners: tuple[str, ...] = ()
@@ -423,7 +424,8 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "failover.attempts": (parse_positive_int, "failover_attempts"),
     "failover.backoff": (parse_positive_duration, "failover_backoff"),
     "failover.buffer": (parse_size, "failover_buffer"),
-    "failover.max_per_session": (parse_int, "failover_max_per_session"),
+    "failover.max_consecutive": (parse_int, "failover_max_consecutive"),
+    "failover.stable_after": (parse_duration, "failover_stable_after"),
     "failover.reconnect_header": (str, "reconnect_header"),
     "failover.close_codes": (parse_close_codes, "abnormal_close_codes"),
     "extensions.listeners": (parse_dotted_names, "listeners"),

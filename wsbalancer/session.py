@@ -92,6 +92,8 @@ class RelaySession:
         "lost",
         "subprotocol",
         "failover_from",
+        "leg_opened",
+        "quick_failovers",
     )
 
     def __init__(self, balancer: Balancer, client: FrontendProtocol) -> None:
@@ -119,6 +121,8 @@ class RelaySession:
         self.lost = 0  # of those, the ones sent to backends that then died
         self.subprotocol: str | None = None
         self.failover_from: str | None = None
+        self.leg_opened = self.started
+        self.quick_failovers = 0  # failovers in a row of legs that died young
 
     # --- opening ------------------------------------------------------------------
 
@@ -222,6 +226,7 @@ class RelaySession:
                 self._drop_backend_leg(leg, "subprotocol mismatch")
                 continue
             self.backend, self.backend_state = leg, backend
+            self.leg_opened = balancer.clock.seconds()
             leg.session = self
             if not self.client_gone:
                 self.client.partner = leg
@@ -247,9 +252,10 @@ class RelaySession:
             and not self.client_gone
             and self.client.state == OPEN
             and code in config.abnormal_close_codes
-            # A backend that keeps failing every session it is given must not keep one
-            # client in a loop of reconnects: after this many, its close is passed on.
-            and self.reconnects < config.failover_max_per_session
+            # Backends that keep failing a session as soon as they get it must not keep one
+            # client in a loop of reconnects: after this many quick deaths in a row, the
+            # backend's close is passed on. A leg that lived `stable_after` resets the count.
+            and self.quick_failovers < config.failover_max_consecutive
         )
 
     def hold(self, payload: bytes, is_binary: bool) -> None:
@@ -274,6 +280,10 @@ class RelaySession:
     def backend_failed(self, leg: BackendProtocol, reason: str) -> None:
         """The backend leg died under an open client: re-dial elsewhere."""
         state = self.backend_state
+        lived = self.balancer.clock.seconds() - self.leg_opened
+        if lived >= self.balancer.config.failover_stable_after:
+            self.quick_failovers = 0
+        self.quick_failovers += 1
         self._detach(leg)
         self.lost += self.unanswered
         self.unanswered = 0
