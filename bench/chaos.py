@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from wsbalancer.processes import (  # noqa: E402
     free_port,
     processes,
+    rss_kib,
     spawn_balancer,
     wait_port,
 )
@@ -89,14 +90,6 @@ class Client:
                 self.out_of_order += 1
             self.echoed.add(n)
             self.last = max(self.last, n)
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def start_backend(port: int, name: str) -> subprocess.Popen[bytes]:

@@ -26,6 +26,7 @@ from wsbalancer.config import parse_size  # noqa: E402
 from wsbalancer.processes import (  # noqa: E402
     free_port,
     processes,
+    rss_kib,
     spawn_balancer,
     wait_port,
 )
@@ -70,14 +71,6 @@ def serve_backend(port: int) -> None:
     factory.setProtocolOptions(maxMessagePayloadSize=0)
     reactor.listenTCP(port, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def main() -> None:

@@ -158,6 +158,9 @@ class BackendDialer:
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "wss" else 80)
 
+        # Built once per backend: reading and parsing the CA bundle is no per-session work.
+        tls = tls_options(host, config) if parts.scheme == "wss" else None
+
         def endpoint() -> IStreamClientEndpoint:
             timeout = config.backend_connect_timeout
             try:
@@ -167,8 +170,8 @@ class BackendDialer:
             else:
                 cls = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
                 ep = cls(self.reactor, host, port, timeout)
-            if parts.scheme == "wss":
-                ep = wrapClientTLS(tls_options(host, config), ep)
+            if tls is not None:
+                ep = wrapClientTLS(tls, ep)
             return ep
 
         self._factories[backend.id] = (backend, factory, endpoint)

@@ -57,6 +57,14 @@ def processes() -> Iterator[list[subprocess.Popen[Any]]]:
                 child.kill()
 
 
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process in KiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def bin_path(name: str) -> str:
     """A console script of this environment (next to the running interpreter)."""
     candidate = Path(sys.executable).parent / name

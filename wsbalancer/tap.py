@@ -22,7 +22,6 @@ from twisted.internet.task import deferLater
 from twisted.python import usage
 from twisted.web.client import (
     Agent,
-    BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     _HTTP11ClientFactory,
 )
@@ -118,10 +117,13 @@ class _MetricTLSPolicy:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.default = BrowserLikePolicyForHTTPS()
+        self._by_host: dict[str, Any] = {}  # not re-read from the CA bundle on every poll
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        return tls_options(hostname.decode("ascii"), self.config)
+        host = hostname.decode("ascii")
+        if host not in self._by_host:
+            self._by_host[host] = tls_options(host, self.config)
+        return self._by_host[host]
 
 
 class Frontends:
