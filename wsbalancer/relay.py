@@ -18,7 +18,7 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.protocol import WebSocketProtocol
 
-from .compression import tune_compression
+from .compression import forward_compressed, tune_compression
 from .dialer import BackendConnectError, BackendHandshakeError
 from .lean import LeanSend
 from .logs import logger
@@ -43,6 +43,7 @@ class FrontendProtocol(LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
     CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES
     session: RelaySession | None = None
     partner: BackendProtocol | None = None
+    _isMessageCompressed = False  # Autobahn sets it per message
     _handshake_pending = False
 
     def dataReceived(self, data: bytes) -> None:
@@ -91,7 +92,8 @@ class FrontendProtocol(LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
             session.hold(payload, isBinary)  # failing over: delivered once re-dialled
         elif partner.state == OPEN:  # a closing leg takes no more messages
             session.unanswered += 1
-            partner.sendMessage(payload, isBinary)
+            if not (self._isMessageCompressed and forward_compressed(self, partner, isBinary)):
+                partner.sendMessage(payload, isBinary)
 
     def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
         was_open = self.state == OPEN
@@ -151,6 +153,7 @@ class BackendProtocol(LeanSend, WebSocketClientProtocol):  # type: ignore[misc]
     dial: Any = None
     session: RelaySession | None = None
     partner: FrontendProtocol | None = None
+    _isMessageCompressed = False  # Autobahn sets it per message
     handshake_status: int | None = None
     handshake_reason = ""
 
@@ -182,7 +185,8 @@ class BackendProtocol(LeanSend, WebSocketClientProtocol):  # type: ignore[misc]
         session.msgs_out += 1
         session.bytes_out += len(payload)
         session.unanswered = 0
-        partner.sendMessage(payload, isBinary)
+        if not (self._isMessageCompressed and forward_compressed(self, partner, isBinary)):
+            partner.sendMessage(payload, isBinary)
 
     def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
         was_open = self.state == OPEN
