@@ -132,3 +132,26 @@ async def test_compressed_messages_are_forwarded_as_received_when_both_peers_can
     finally:
         await lb.stop()
         await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hooks_see_and_change_compressed_messages_which_are_then_recompressed() -> None:
+    backend = start_backend("b1", compression_level=1)
+    lb = await start_balancer(
+        [backend.url],
+        compression__backend="mirror",
+        extensions__hooks="tests.extension_examples.UpperCase,tests.extension_examples.DropSecrets",
+    )
+    try:
+        ws = await aio(websockets.connect(lb.ws_url(), max_size=None))
+        texts = [TEXT[:n].decode() for n in (3000, 9000, 20000)]
+        for text in texts[:2]:
+            await aio(ws.send(text))
+            assert await aio(ws.recv()) == text.upper()
+        await aio(ws.send("a secret " * 500))  # dropped: the stream the backend saw skips it
+        await aio(ws.send(texts[2]))  # refers back to the dropped one in the client's stream
+        assert await aio(ws.recv()) == texts[2].upper()
+        await aio(ws.close())
+    finally:
+        await lb.stop()
+        await backend.stop()

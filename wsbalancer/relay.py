@@ -44,6 +44,7 @@ class FrontendProtocol(LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
     session: RelaySession | None = None
     partner: BackendProtocol | None = None
     _isMessageCompressed = False  # Autobahn sets it per message
+    forwards_compressed = True  # False where hooks may change or drop messages
     _handshake_pending = False
 
     def dataReceived(self, data: bytes) -> None:
@@ -92,7 +93,11 @@ class FrontendProtocol(LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
             session.hold(payload, isBinary)  # failing over: delivered once re-dialled
         elif partner.state == OPEN:  # a closing leg takes no more messages
             session.unanswered += 1
-            if not (self._isMessageCompressed and forward_compressed(self, partner, isBinary)):
+            if not (
+                self._isMessageCompressed
+                and self.forwards_compressed
+                and forward_compressed(self, partner, isBinary)
+            ):
                 partner.sendMessage(payload, isBinary)
 
     def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
@@ -154,6 +159,7 @@ class BackendProtocol(LeanSend, WebSocketClientProtocol):  # type: ignore[misc]
     session: RelaySession | None = None
     partner: FrontendProtocol | None = None
     _isMessageCompressed = False  # Autobahn sets it per message
+    forwards_compressed = True  # False where hooks may change or drop messages
     handshake_status: int | None = None
     handshake_reason = ""
 
@@ -185,7 +191,11 @@ class BackendProtocol(LeanSend, WebSocketClientProtocol):  # type: ignore[misc]
         session.msgs_out += 1
         session.bytes_out += len(payload)
         session.unanswered = 0
-        if not (self._isMessageCompressed and forward_compressed(self, partner, isBinary)):
+        if not (
+            self._isMessageCompressed
+            and self.forwards_compressed
+            and forward_compressed(self, partner, isBinary)
+        ):
             partner.sendMessage(payload, isBinary)
 
     def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
@@ -214,6 +224,8 @@ class BackendProtocol(LeanSend, WebSocketClientProtocol):  # type: ignore[misc]
 class HookedFrontendProtocol(FrontendProtocol):  # type: ignore[misc]
     """The client leg when message hooks are configured (the plain one stays lean)."""
 
+    forwards_compressed = False  # a hook may change or drop what the peer's stream holds
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         message = run_hooks(self, "client_to_backend", payload, isBinary)
         if message is not None:
@@ -222,6 +234,8 @@ class HookedFrontendProtocol(FrontendProtocol):  # type: ignore[misc]
 
 class HookedBackendProtocol(BackendProtocol):  # type: ignore[misc]
     """The backend leg when message hooks are configured."""
+
+    forwards_compressed = False
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         message = run_hooks(self, "backend_to_client", payload, isBinary)
