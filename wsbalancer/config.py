@@ -60,6 +60,7 @@ class BackendConfig:
     url: str
     metric_url: str | None  # None: the backend has no count endpoint; only ours is known
     weight: float = 1.0
+    server_name: str | None = None  # TLS name to verify when the URL holds an address
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class Config:
     trust_x_forwarded_for: bool = False
     tls_verify: bool = True
     tls_ca_file: str | None = None
+    discovery: tuple[Any, ...] = ()  # discovery.DiscoverySource, one per DNS name
     compression: bool = True
     backend_compression: str = "off"
     compression_level: int = 1
@@ -367,6 +369,13 @@ def parse_ca_file(value: Any) -> str | None:
     return path
 
 
+def parse_discovery(value: Any) -> tuple[Any, ...]:
+    """DNS discovery sources (see wsbalancer.discovery)."""
+    from .discovery import parse_sources
+
+    return parse_sources(value)
+
+
 # The keys of the file format, dotted, each with its parser and the Config field it fills.
 SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "listen": (parse_endpoints, "listen"),
@@ -415,6 +424,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "headers.trust_x_forwarded_for": (parse_bool, "trust_x_forwarded_for"),
     "tls.verify": (parse_bool, "tls_verify"),
     "tls.ca_file": (parse_ca_file, "tls_ca_file"),
+    "discovery": (parse_discovery, "discovery"),
     "compression.client": (parse_bool, "compression"),
     "compression.backend": (_enum(("off", "mirror")), "backend_compression"),
     "compression.level": (parse_compression_level, "compression_level"),
@@ -685,10 +695,10 @@ def build(raw: RawConfig, require_backends: bool = True) -> Config:
         if backend.id in seen:
             raise ConfigError(f"{spec.source}: id: {backend.id!r} is used twice")
         seen[backend.id] = spec.source
-    if require_backends and not backends:
+    if require_backends and not backends and not typed.get("discovery"):
         raise ConfigError(
             "configuration: backends: at least one backend is needed "
-            "(config file `backends:`, BE_URLS or --backend)"
+            "(config file `backends:` or `discovery:`, BE_URLS or --backend)"
         )
     config = replace(defaults, backends=backends, ignored=tuple(raw.ignored), **typed)
     for leg, keepalive in (

@@ -159,7 +159,7 @@ class BackendDialer:
         port = parts.port or (443 if parts.scheme == "wss" else 80)
 
         # Built once per backend: reading and parsing the CA bundle is no per-session work.
-        tls = tls_options(host, config) if parts.scheme == "wss" else None
+        tls = tls_options(backend.server_name or host, config) if parts.scheme == "wss" else None
 
         def endpoint() -> IStreamClientEndpoint:
             timeout = config.backend_connect_timeout

@@ -33,6 +33,7 @@ from .admin import admin_site
 from .balancer import Balancer
 from .config import Config, ConfigError, load
 from .dialer import tls_options
+from .discovery import DiscoveryService, balancer_discovery
 from .notify import sd_notify
 from .poller import CountPoller
 
@@ -159,6 +160,7 @@ class BalancerService(MultiService):
         self.listeners: list[ListenerService] = []
         self.admin: ListenerService | None = None
         self.poller: CountPoller | None = None
+        self.discovery: DiscoveryService | None = None
         # Under twistd a listener that cannot bind ends the process with one clear line;
         # an embedding program gets the exception instead.
         self.exit_on_listen_error = False
@@ -210,6 +212,8 @@ class BalancerService(MultiService):
             log.error("reload rejected, the running configuration stays: {error}", error=str(e))
             return []
         changes = self.balancer.apply_config(new)
+        if self.discovery is not None:
+            changes += self.discovery.apply(new.discovery)
         self.balancer.event("configuration reloaded: " + ("; ".join(changes) or "no change"))
         log.info("configuration reloaded: {changes}", changes="; ".join(changes) or "no change")
         return changes
@@ -304,6 +308,10 @@ def build_service(config: Config, reactor: Any) -> BalancerService:
     timer.clock = reactor
     timer.setServiceParent(top)
     top.poller = poller
+
+    discovery = balancer_discovery(balancer, reactor)
+    discovery.setServiceParent(top)
+    top.discovery = discovery
 
     if config.idle_timeout:
         sweeper = TimerService(config.idle_timeout, balancer.sweep_idle)
