@@ -16,7 +16,6 @@ from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.python import usage
@@ -36,6 +35,7 @@ from .dialer import tls_options
 from .discovery import DiscoveryService, balancer_discovery
 from .notify import sd_notify
 from .poller import CountPoller
+from .tlsreload import reload_certificates, server_endpoint
 
 log = logs.logger("wsbalancer")
 
@@ -203,15 +203,17 @@ class BalancerService(MultiService):
         self.balancer.reactor.callFromThread(self.reload)
 
     def reload(self) -> list[str]:
-        """Read the configuration again and apply it; an invalid one changes nothing."""
+        """Re-read ssl: certificates, then the configuration and apply it; an invalid
+        configuration changes nothing (the certificates are reloaded either way)."""
+        certificates = reload_certificates(self.listeners)
         if self.reload_source is None:
-            return []
+            return certificates
         try:
             new = self.reload_source()
         except ConfigError as e:
             log.error("reload rejected, the running configuration stays: {error}", error=str(e))
-            return []
-        changes = self.balancer.apply_config(new)
+            return certificates
+        changes = certificates + self.balancer.apply_config(new)
         if self.discovery is not None:
             changes += self.discovery.apply(new.discovery)
         self.balancer.event("configuration reloaded: " + ("; ".join(changes) or "no change"))
@@ -252,7 +254,8 @@ class ListenerService(StreamServerEndpointService):
     """A listening endpoint; a taken port fails start-up loudly."""
 
     def __init__(self, reactor: Any, description: str, factory: Any) -> None:
-        super().__init__(serverFromString(reactor, description), factory)
+        endpoint, self.tls = server_endpoint(reactor, description)
+        super().__init__(endpoint, factory)
         self.description = description
         self._raiseSynchronously = True
         self.port: Any = None
