@@ -12,13 +12,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 import websockets
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor
+from twisted.internet import ssl as twisted_ssl
 from twisted.logger import globalLogPublisher
 from websockets.sync.client import connect as sync_connect
 
+from wsbalancer.config import ConfigError, load
+from wsbalancer.demo.backend import DemoBackend
 from wsbalancer.processes import free_port, processes, spawn_balancer, spawn_demo_backend
 
 from .helpers import aio, recv, start_backend, start_balancer
@@ -131,3 +136,68 @@ def test_sighup_to_twistd_reloads_the_certificate(tmp_path: Path) -> None:
             ws.send("after SIGHUP")
             assert ws.recv(timeout=10) == "after SIGHUP"
         assert balancer.poll() is None  # still serving
+
+
+async def _backend_requiring_client_certificates(ca: CertAuthority) -> tuple[Any, int]:
+    cert, key = ca.issue(["localhost"])
+    pair = twisted_ssl.PrivateCertificate.loadPEM(cert.read_bytes() + b"\n" + key.read_bytes())
+    options = twisted_ssl.CertificateOptions(
+        privateKey=pair.privateKey.original,
+        certificate=pair.original,
+        verify=True,
+        requireCertificate=True,
+        caCerts=[twisted_ssl.Certificate.loadPEM(ca.ca_file.read_bytes()).original],
+    )
+    listening = reactor.listenSSL(0, DemoBackend("mtls").site(), options, interface="127.0.0.1")
+    return listening, listening.getHost().port
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backend_requiring_a_client_certificate_gets_ours(tmp_path: Path) -> None:
+    ca = CertAuthority(tmp_path)
+    client_cert, client_key = ca.issue(["wsbalancer.test"])
+    listening, port = await _backend_requiring_client_certificates(ca)
+    with_cert = await start_balancer(
+        [f"wss://localhost:{port}"],
+        tls__ca_file=str(ca.ca_file),
+        tls__client_cert=str(client_cert),
+        tls__client_key=str(client_key),
+        balancing__metric_path="none",
+    )
+    without = await start_balancer(
+        [f"wss://localhost:{port}"], tls__ca_file=str(ca.ca_file), balancing__metric_path="none"
+    )
+    try:
+        ws = await aio(websockets.connect(with_cert.ws_url("/chat")))
+        assert await recv(ws) == "connected to mtls"
+        await aio(ws.close())
+
+        with log_lines("wsbalancer") as events:
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await aio(websockets.connect(without.ws_url("/chat")))
+        assert refused.value.response.status_code == 503
+        lines = [e["log_format"].format(**e) for e in events]
+        (line,) = [text for text in lines if text.startswith(f"backend localhost:{port} refused")]
+        assert "certificate required" in line
+    finally:
+        await with_cert.stop()
+        await without.stop()
+        await listening.stopListening()
+
+
+def test_client_certificate_needs_both_files_that_match(tmp_path: Path) -> None:
+    ca = CertAuthority(tmp_path)
+    cert, key = ca.issue(["wsbalancer.test"])
+    _, other_key = ca.issue(["other.test"])
+    base = {"WSBALANCER_BACKENDS": "wss://localhost:1"}
+    with pytest.raises(ConfigError, match=r"^configuration: tls.client_key: needed with"):
+        load(None, environ={**base, "WSBALANCER_TLS__CLIENT_CERT": str(cert)})
+    with pytest.raises(ConfigError, match="are not a PEM certificate and its key"):
+        load(
+            None,
+            environ={
+                **base,
+                "WSBALANCER_TLS__CLIENT_CERT": str(cert),
+                "WSBALANCER_TLS__CLIENT_KEY": str(other_key),
+            },
+        )
