@@ -404,6 +404,7 @@ class DnsSource(Service):
         self._call: Any = None
         self._lookup: defer.Deferred[Any] | None = None
         self._waiters: list[defer.Deferred[list[str]]] = []
+        self._finishing: list[defer.Deferred[None]] = []  # refresh() calls sharing a lookup
 
     def startService(self) -> None:
         super().startService()
@@ -429,12 +430,14 @@ class DnsSource(Service):
         self._call = self.clock.callLater(delay, self.refresh)
 
     def refresh(self) -> defer.Deferred[None]:
-        """Look the name up now and apply the answer; never fails."""
+        """Look the name up now (or join the lookup under way) and apply the answer; fires
+        once it is applied, never fails."""
+        done: defer.Deferred[None] = defer.Deferred()
+        self._finishing.append(done)
         if self._lookup is not None:  # one lookup at a time
-            return defer.succeed(None)
+            return done
         d: defer.Deferred[Any] = defer.ensureDeferred(resolve(self.source, self.resolver))
         self._lookup = d
-        done: defer.Deferred[None] = defer.Deferred()
 
         def succeeded(answer: tuple[Found, int]) -> None:
             found, ttl = answer
@@ -451,8 +454,13 @@ class DnsSource(Service):
 
         d.addCallbacks(succeeded, failed)
         d.addErrback(lambda f: self.log.failure("applying a DNS answer failed", f))
-        d.addBoth(lambda _: done.callback(None))
+        d.addBoth(lambda _: self._finished())
         return done
+
+    def _finished(self) -> None:
+        finishing, self._finishing = self._finishing, []
+        for done in finishing:
+            done.callback(None)
 
     def _succeeded(self, found: Found) -> None:
         label = self.source.label
@@ -486,7 +494,8 @@ class DnsSource(Service):
             )
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
-                waiter.callback(changes)
+                if not waiter.called:  # a caller may have given up waiting (timeout)
+                    waiter.callback(changes)
 
     def _failed(self, error: str) -> None:
         self.failures += 1
