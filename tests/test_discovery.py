@@ -22,7 +22,8 @@ from twisted.protocols.policies import WrappingFactory
 
 from wsbalancer.config import ConfigError, load
 from wsbalancer.demo.backend import DemoBackend
-from wsbalancer.discovery import DiscoverySource, DnsSource, parse_sources
+from wsbalancer.discovery import DnsSource
+from wsbalancer.discovery_config import DiscoverySource, parse_sources
 
 from .helpers import TIMEOUT, RunningBackend, aio, get_json, recv, start_backend, start_balancer
 from .tlsutil import CertAuthority

@@ -372,8 +372,8 @@ def parse_ca_file(value: Any) -> str | None:
 
 
 def parse_discovery(value: Any) -> tuple[Any, ...]:
-    """DNS discovery sources (see wsbalancer.discovery)."""
-    from .discovery import parse_sources
+    """DNS discovery sources (see wsbalancer.discovery_config)."""
+    from .discovery_config import parse_sources
 
     return parse_sources(value)
 
