@@ -332,3 +332,23 @@ def test_ttl_is_bounded_and_a_failure_keeps_the_set() -> None:
     assert running.failures == 2 and running.last_error == "no records"
     running.stopService()
     assert not clock.getDelayedCalls()
+
+
+def test_sources_from_the_yaml_file(tmp_path: Path) -> None:
+    path = tmp_path / "wsbalancer.yaml"
+    path.write_text(
+        "discovery:\n"
+        "  - {name: ws-backend.default.svc.cluster.local, port: 9001, path: /app}\n"
+        "  - {name: _ws._tcp.ws-backend.default.svc.cluster.local, type: srv, scheme: wss,\n"
+        "     tls_name: ws-backend.default.svc, min_interval: 2s, max_interval: 30s}\n"
+    )
+    a, srv_source = load(str(path), environ={}).discovery
+    assert (a.type, a.port, a.path, a.nameserver) == ("a", 9001, "/app", None)
+    assert (srv_source.type, srv_source.tls_name, srv_source.max_interval) == (
+        "srv",
+        "ws-backend.default.svc",
+        30.0,
+    )
+    path.write_text("discovery:\n  - {name: pods.test, port: 9001, ttl: 5}\n")
+    with pytest.raises(ConfigError, match=rf"^file {path}: discovery: \[0\] unknown key ttl$"):
+        load(str(path), environ={})
