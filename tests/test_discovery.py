@@ -22,7 +22,7 @@ from twisted.protocols.policies import WrappingFactory
 
 from wsbalancer.config import ConfigError, load
 from wsbalancer.demo.backend import DemoBackend
-from wsbalancer.discovery import DnsSource
+from wsbalancer.discovery import DiscoveryService, DnsSource
 from wsbalancer.discovery_config import DiscoverySource, parse_sources
 
 from .helpers import TIMEOUT, RunningBackend, aio, get_json, recv, start_backend, start_balancer
@@ -352,3 +352,25 @@ def test_sources_from_the_yaml_file(tmp_path: Path) -> None:
     path.write_text("discovery:\n  - {name: pods.test, port: 9001, ttl: 5}\n")
     with pytest.raises(ConfigError, match=rf"^file {path}: discovery: \[0\] unknown key ttl$"):
         load(str(path), environ={})
+
+
+def test_a_source_whose_options_change_keeps_its_backends() -> None:
+    clock, resolver, target = Clock(), FakeResolver(), FakeTarget()
+    resolver.addresses = ["10.0.0.1"]
+    service = DiscoveryService(target, clock, lambda source: resolver)
+    old = DiscoverySource("pods.test", port=80, min_interval=2.0)
+    service.apply([old])
+    service.startService()
+    clock.advance(0)
+    assert target.calls == [("add", "10.0.0.1:80")]
+
+    new = DiscoverySource("pods.test", port=80, min_interval=2.0, weight=2.0)
+    assert service.apply([new]) == ["discovery a:pods.test changed"]
+    clock.advance(0)  # the same record, a new weight: re-applied, never removed
+    assert target.calls == [("add", "10.0.0.1:80"), ("add", "10.0.0.1:80")]
+    assert service.sources[new].known["10.0.0.1:80"].weight == 2.0
+
+    assert service.apply([]) == ["discovery a:pods.test stopped"]
+    assert target.calls[-1] == ("remove", "10.0.0.1:80")
+    service.stopService()
+    assert not clock.getDelayedCalls()

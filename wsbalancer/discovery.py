@@ -275,9 +275,10 @@ class DnsSource(Service):
             wanted[config.id] = config
         changes = []
         for backend_id, config in wanted.items():
-            if backend_id not in self.known and self.target.add_discovered(config, label):
+            known = self.known.get(backend_id)
+            if known != config and self.target.add_discovered(config, label):
                 self.known[backend_id] = config
-                changes.append(f"added {backend_id}")
+                changes.append(f"{'added' if known is None else 'changed'} {backend_id}")
         for backend_id in [b for b in self.known if b not in wanted]:
             del self.known[backend_id]
             self.target.remove_discovered(backend_id, label)
@@ -335,22 +336,30 @@ class DiscoveryService(MultiService):
         self.sources: dict[DiscoverySource, DnsSource] = {}
 
     def apply(self, sources: Iterable[DiscoverySource]) -> list[str]:
-        """Run exactly these sources; unchanged ones keep running (and their backends)."""
+        """Run exactly these sources; unchanged ones keep running (and their backends). A
+        source whose options changed takes over its backends, so none is drained meanwhile."""
         wanted = list(sources)
+        labels = {s.label for s in wanted}
+        handed_over: dict[str, dict[str, BackendConfig]] = {}
         changes = []
         for source in [s for s in self.sources if s not in wanted]:
             running = self.sources.pop(source)
             running.disownServiceParent()
-            running.forget()
-            changes.append(f"discovery {source.label} stopped")
+            if source.label in labels:
+                handed_over[source.label] = running.known
+            else:
+                running.forget()
+                changes.append(f"discovery {source.label} stopped")
         for source in wanted:
             if source not in self.sources:
                 running = DnsSource(
                     source, self.target, self.resolver_for(source), self.clock, self.on_lookup
                 )
+                running.known = handed_over.get(source.label, {})
                 self.sources[source] = running
                 running.setServiceParent(self)
-                changes.append(f"discovery {source.label} started")
+                verb = "changed" if source.label in handed_over else "started"
+                changes.append(f"discovery {source.label} {verb}")
         return changes
 
 
