@@ -213,13 +213,29 @@ def test_ties_are_broken_randomly() -> None:
 
 def test_power_of_two_never_picks_the_most_loaded_and_sometimes_the_middle() -> None:
     pool, _ = make_pool(strategy="power-of-two", seed=3)
-    report(pool, "a", 0)
-    report(pool, "b", 5)
-    report(pool, "c", 10)
+    report(pool, "a", 100)
+    report(pool, "b", 102)  # within the catch-up slack of a
+    report(pool, "c", 110)
     picked = Counter(pick_id(pool) for _ in range(300))
     assert picked["c"] == 0
     assert picked["b"] > 0  # unlike least-loaded, which would only ever pick a
     assert picked["a"] > picked["b"]
+
+
+def test_power_of_two_fills_a_backend_far_behind_first() -> None:
+    # An empty newcomer beside three full backends: sampling alone would offer it half the
+    # time; every pick goes to it until it is within the slack.
+    pool, _ = make_pool("abcd", strategy="power-of-two", seed=5)
+    for backend_id in "abc":
+        report(pool, backend_id, 100)
+    report(pool, "d", 0)
+    picks = []
+    for _ in range(97):
+        chosen = pool.pick()
+        assert chosen is not None
+        pool.dial_started(chosen)
+        picks.append(chosen.id)
+    assert picks.count("d") >= 95 and pool.load(pool.backends["d"]) >= 95
 
 
 def test_power_of_two_with_two_backends_is_least_loaded() -> None:

@@ -13,13 +13,14 @@ import hmac
 import json
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from .config import BackendConfig, ConfigError, _BackendSpec, _build_backend
+from .config import ConfigError, _BackendSpec, _build_backend
 from .logs import logger
 
 if TYPE_CHECKING:
@@ -265,9 +266,7 @@ class AdminApi(Resource):
         weight = body["weight"]
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
             raise ApiError(400, "bad_body", "weight must be a number above zero")
-        state.config = BackendConfig(
-            state.config.id, state.config.url, state.config.metric_url, float(weight)
-        )
+        state.config = replace(state.config, weight=float(weight))
         return 200, backend_view(self.balancer, state)
 
     def remove_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:

@@ -130,7 +130,8 @@ class Balancer:
                 pool.add(config)
                 changes.append(f"changed {backend_id} (weight {config.weight:g})")
         for backend_id, state in list(pool.backends.items()):
-            if backend_id in wanted or state.removed:
+            # Backends found by DNS discovery are its to remove, not the file's.
+            if backend_id in wanted or state.removed or state.extra.get("discovered_by"):
                 continue
             moved = self.remove_backend(state, new.removed_sessions)
             changes.append(

@@ -60,6 +60,7 @@ class BackendConfig:
     url: str
     metric_url: str | None  # None: the backend has no count endpoint; only ours is known
     weight: float = 1.0
+    server_name: str | None = None  # TLS name to verify when the URL holds an address
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,9 @@ class Config:
     trust_x_forwarded_for: bool = False
     tls_verify: bool = True
     tls_ca_file: str | None = None
+    tls_client_cert: str | None = None  # presented to wss:// backends (with tls_client_key)
+    tls_client_key: str | None = None
+    discovery: tuple[Any, ...] = ()  # discovery.DiscoverySource, one per DNS name
     compression: bool = True
     backend_compression: str = "off"
     compression_level: int = 1
@@ -367,6 +371,13 @@ def parse_ca_file(value: Any) -> str | None:
     return path
 
 
+def parse_discovery(value: Any) -> tuple[Any, ...]:
+    """DNS discovery sources (see wsbalancer.discovery_config)."""
+    from .discovery_config import parse_sources
+
+    return parse_sources(value)
+
+
 # The keys of the file format, dotted, each with its parser and the Config field it fills.
 SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "listen": (parse_endpoints, "listen"),
@@ -415,6 +426,9 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "headers.trust_x_forwarded_for": (parse_bool, "trust_x_forwarded_for"),
     "tls.verify": (parse_bool, "tls_verify"),
     "tls.ca_file": (parse_ca_file, "tls_ca_file"),
+    "tls.client_cert": (parse_ca_file, "tls_client_cert"),
+    "tls.client_key": (parse_ca_file, "tls_client_key"),
+    "discovery": (parse_discovery, "discovery"),
     "compression.client": (parse_bool, "compression"),
     "compression.backend": (_enum(("off", "mirror")), "backend_compression"),
     "compression.level": (parse_compression_level, "compression_level"),
@@ -685,12 +699,13 @@ def build(raw: RawConfig, require_backends: bool = True) -> Config:
         if backend.id in seen:
             raise ConfigError(f"{spec.source}: id: {backend.id!r} is used twice")
         seen[backend.id] = spec.source
-    if require_backends and not backends:
+    if require_backends and not backends and not typed.get("discovery"):
         raise ConfigError(
             "configuration: backends: at least one backend is needed "
-            "(config file `backends:`, BE_URLS or --backend)"
+            "(config file `backends:` or `discovery:`, BE_URLS or --backend)"
         )
     config = replace(defaults, backends=backends, ignored=tuple(raw.ignored), **typed)
+    _check_client_certificate(config)
     for leg, keepalive in (
         ("client", config.client_keepalive),
         ("backend", config.backend_keepalive),
@@ -701,6 +716,32 @@ def build(raw: RawConfig, require_backends: bool = True) -> Config:
                 f"zero when ping_interval is set"
             )
     return config
+
+
+def _check_client_certificate(config: Config) -> None:
+    """Both files or neither, and they must hold a certificate and its key."""
+    cert, key = config.tls_client_cert, config.tls_client_key
+    if (cert is None) != (key is None):
+        given, missing = (
+            ("client_cert", "client_key") if key is None else ("client_key", "client_cert")
+        )
+        raise ConfigError(f"configuration: tls.{missing}: needed with tls.{given}")
+    if cert is None or key is None:
+        return
+    from twisted.internet import ssl
+
+    try:
+        with open(cert, "rb") as c, open(key, "rb") as k:
+            pair = ssl.PrivateCertificate.loadPEM(c.read() + b"\n" + k.read())
+        ssl.CertificateOptions(
+            privateKey=pair.privateKey.original, certificate=pair.original
+        ).getContext()  # a key that does not match the certificate fails here
+    except Exception as e:
+        reason = (str(e).strip() or e.__class__.__name__).splitlines()[0][:200]
+        raise ConfigError(
+            f"configuration: tls.client_cert: {cert} and {key} are not a PEM certificate "
+            f"and its key ({reason})"
+        )
 
 
 def load(

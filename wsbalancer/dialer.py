@@ -45,10 +45,24 @@ def backend_resource(backend_url: str, client_uri: str) -> str:
     return prefix + target
 
 
+def client_certificate(config: Config) -> Any:
+    """The certificate presented to backends (tls.client_cert/client_key), or None."""
+    if not (config.tls_client_cert and config.tls_client_key):
+        return None
+    with open(config.tls_client_cert, "rb") as cert, open(config.tls_client_key, "rb") as key:
+        return ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read())
+
+
 def tls_options(hostname: str, config: Config) -> Any:
-    """Client TLS options for a wss:// backend: verified (service-identity) unless turned off."""
+    """Client TLS options for a wss:// backend: verified (service-identity) unless turned off,
+    with the configured client certificate if any."""
+    client = client_certificate(config)
     if not config.tls_verify:
-        return ssl.CertificateOptions(verify=False)
+        if client is None:
+            return ssl.CertificateOptions(verify=False)
+        return ssl.CertificateOptions(
+            verify=False, privateKey=client.privateKey.original, certificate=client.original
+        )
     trust_root: Any = None
     if config.tls_ca_file:
         with open(config.tls_ca_file, "rb") as f:
@@ -58,7 +72,7 @@ def tls_options(hostname: str, config: Config) -> Any:
             for chunk in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
         ]
         trust_root = ssl.trustRootFromCertificates(certs)
-    return ssl.optionsForClientTLS(hostname, trustRoot=trust_root)
+    return ssl.optionsForClientTLS(hostname, trustRoot=trust_root, clientCertificate=client)
 
 
 class _DialFactory(Factory):
@@ -159,7 +173,7 @@ class BackendDialer:
         port = parts.port or (443 if parts.scheme == "wss" else 80)
 
         # Built once per backend: reading and parsing the CA bundle is no per-session work.
-        tls = tls_options(host, config) if parts.scheme == "wss" else None
+        tls = tls_options(backend.server_name or host, config) if parts.scheme == "wss" else None
 
         def endpoint() -> IStreamClientEndpoint:
             timeout = config.backend_connect_timeout

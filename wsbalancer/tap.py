@@ -16,7 +16,6 @@ from treq.client import HTTPClient
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.python import usage
@@ -33,8 +32,10 @@ from .admin import admin_site
 from .balancer import Balancer
 from .config import Config, ConfigError, load
 from .dialer import tls_options
+from .discovery import DiscoveryService, balancer_discovery
 from .notify import sd_notify
 from .poller import CountPoller
+from .tlsreload import reload_certificates, server_endpoint
 
 log = logs.logger("wsbalancer")
 
@@ -159,6 +160,7 @@ class BalancerService(MultiService):
         self.listeners: list[ListenerService] = []
         self.admin: ListenerService | None = None
         self.poller: CountPoller | None = None
+        self.discovery: DiscoveryService | None = None
         # Under twistd a listener that cannot bind ends the process with one clear line;
         # an embedding program gets the exception instead.
         self.exit_on_listen_error = False
@@ -201,15 +203,19 @@ class BalancerService(MultiService):
         self.balancer.reactor.callFromThread(self.reload)
 
     def reload(self) -> list[str]:
-        """Read the configuration again and apply it; an invalid one changes nothing."""
+        """Re-read ssl: certificates, then the configuration and apply it; an invalid
+        configuration changes nothing (the certificates are reloaded either way)."""
+        certificates = reload_certificates(self.listeners)
         if self.reload_source is None:
-            return []
+            return certificates
         try:
             new = self.reload_source()
         except ConfigError as e:
             log.error("reload rejected, the running configuration stays: {error}", error=str(e))
-            return []
-        changes = self.balancer.apply_config(new)
+            return certificates
+        changes = certificates + self.balancer.apply_config(new)
+        if self.discovery is not None:
+            changes += self.discovery.apply(new.discovery)
         self.balancer.event("configuration reloaded: " + ("; ".join(changes) or "no change"))
         log.info("configuration reloaded: {changes}", changes="; ".join(changes) or "no change")
         return changes
@@ -248,7 +254,8 @@ class ListenerService(StreamServerEndpointService):
     """A listening endpoint; a taken port fails start-up loudly."""
 
     def __init__(self, reactor: Any, description: str, factory: Any) -> None:
-        super().__init__(serverFromString(reactor, description), factory)
+        endpoint, self.tls = server_endpoint(reactor, description)
+        super().__init__(endpoint, factory)
         self.description = description
         self._raiseSynchronously = True
         self.port: Any = None
@@ -304,6 +311,10 @@ def build_service(config: Config, reactor: Any) -> BalancerService:
     timer.clock = reactor
     timer.setServiceParent(top)
     top.poller = poller
+
+    discovery = balancer_discovery(balancer, reactor)
+    discovery.setServiceParent(top)
+    top.discovery = discovery
 
     if config.idle_timeout:
         sweeper = TimerService(config.idle_timeout, balancer.sweep_idle)
