@@ -190,6 +190,11 @@ def tls_forwarder(port: int, cafile: str) -> Iterator[int]:
                 await server.serve_forever()
             except asyncio.CancelledError:
                 pass  # the run is over
+        # Let the connections still piping finish their cancellation before the loop ends.
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
     thread.start()
