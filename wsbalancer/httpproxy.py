@@ -219,6 +219,7 @@ class ProxiedRequest:
         self.body: _BodyRelay | None = None
         self.done = False
         self.client_gone = False
+        self.timed_out = False
         self.tried: list[str] = []
 
     def start(self) -> None:
@@ -291,6 +292,7 @@ class ProxiedRequest:
     def _timed_out(self) -> None:
         self.timer = None
         if self.pending is not None:
+            self.timed_out = True
             self.pending.cancel()
         elif self.body is not None:  # the backend stopped writing in the middle of a body
             _log.warn(
@@ -311,17 +313,14 @@ class ProxiedRequest:
             return
         request = self.request
         request.setResponseCode(response.code, response.phrase)
-        connection_named = {
-            token.strip().lower().encode()
-            for value in response.headers.getRawHeaders(b"connection", [])
-            for token in value.decode("latin-1").split(",")
-        }
+        # Twisted's client keeps Connection and the other connection-control headers out of
+        # `response.headers`; the rest of the hop-by-hop set is dropped here. (Headers a
+        # backend names in its Connection header cannot be seen, so they pass.)
         for name, values in response.headers.getAllRawHeaders():
-            lname = name.lower()
-            if lname.decode("latin-1") in HOP_BY_HOP or lname in connection_named:
+            if name.lower().decode("latin-1") in HOP_BY_HOP:
                 continue
-            for value in values:
-                request.responseHeaders.addRawHeader(name, value)
+            # set, not add: the backend's Server and Date replace twisted.web's defaults
+            request.responseHeaders.setRawHeaders(name, values)
         if request.method == b"HEAD" or response.code in (204, 304):
             response.deliverBody(_Discard())
             self._end(failed=False)
@@ -339,7 +338,7 @@ class ProxiedRequest:
         if self.client_gone:
             self._end(failed=False)
             return
-        if failure.check(defer.CancelledError):
+        if self.timed_out:
             self._end(failed=True)
             seconds = f"{self.lane.config.http_timeout:g}"
             self._answer(

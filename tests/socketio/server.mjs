@@ -23,6 +23,41 @@ function note(req) {
   else seen.add(url.searchParams.get("transport"));
 }
 
+// The browser test's page: connects with default transports, reports into window.report.
+const PAGE = `<!doctype html>
+<html><head><meta charset="utf-8"><meta name="server" content="SERVER_ID">
+<title>Socket.IO through wsbalancer</title></head>
+<body><h1>Socket.IO through wsbalancer</h1><pre id="log"></pre>
+<script src="/socket.io/socket.io.js"></script>
+<script>
+window.report = null;
+const report = {
+  pageServer: document.querySelector("meta[name=server]").content,
+  cookieVisible: document.cookie.includes("wsb_backend"),
+  acks: [], error: null, transport: null,
+};
+const show = (text) => { document.getElementById("log").textContent += text + "\\n"; };
+const socket = io({ reconnection: false });
+socket.on("connect_error", (e) => { report.error = "connect_error: " + e.message; window.report = report; });
+socket.on("connect", async () => {
+  try {
+    report.acks.push(await socket.timeout(5000).emitWithAck("ask", 1));
+    show("ack 1 over " + socket.io.engine.transport.name);
+    const engine = socket.io.engine;
+    if (engine.transport.name !== "websocket") {
+      await new Promise((ok, fail) => { engine.once("upgrade", ok); setTimeout(() => fail(new Error("no upgrade within 5s")), 5000); });
+    }
+    report.acks.push(await socket.timeout(5000).emitWithAck("ask", 2));
+    report.acks.push(await socket.timeout(5000).emitWithAck("ask", 3));
+    report.transport = socket.io.engine.transport.name;
+    show("acks 2 and 3 over " + report.transport + " from " + report.acks[2].server);
+  } catch (e) {
+    report.error = String(e);
+  }
+  window.report = report;
+});
+</script></body></html>`;
+
 const http = createServer((req, res) => {
   if (req.url === "/stats") {
     const body = JSON.stringify({
@@ -33,6 +68,9 @@ const http = createServer((req, res) => {
     });
     res.writeHead(200, { "content-type": "application/json" });
     res.end(body);
+  } else if (req.url === "/") {
+    res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+    res.end(PAGE.replace("SERVER_ID", serverId));
   } else if (!req.url.startsWith("/socket.io/")) {
     res.writeHead(404, { "content-type": "text/plain" });
     res.end("not found\n");

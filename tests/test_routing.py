@@ -1,0 +1,335 @@
+"""Integration: routes and pools, affinity, and plain-HTTP proxying, with real sockets."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import replace
+from typing import Any
+
+import pytest_twisted
+import treq
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from .helpers import aio, start_backend, start_balancer, start_http_backend, wait_for
+
+
+def _yaml(text: str) -> str:
+    # (a tmp_path fixture does not mix with pytest_twisted.ensureDeferred tests)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+    return f.name
+
+
+def _cookie(response: Any, name: str = "wsb_backend") -> str | None:
+    for value in response.headers.getRawHeaders("set-cookie", []):
+        if value.startswith(f"{name}="):
+            return str(value.split(";", 1)[0].split("=", 1)[1])
+    return None
+
+
+async def _get(url: str, cookie: str | None = None, **kwargs: Any) -> tuple[Any, bytes]:
+    headers = {"Cookie": f"wsb_backend={cookie}"} if cookie else {}
+    response = await treq.get(url, headers=headers, persistent=False, **kwargs)
+    return response, await response.content()
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_pools_routed_by_path_each_receive_only_their_own_traffic() -> None:
+    a1, a2, b1 = start_backend("a1"), start_backend("a2"), start_backend("b1")
+    config = _yaml(
+        f"""
+pools:
+  alpha:
+    backends: [{{id: a1, url: "{a1.url}"}}, {{id: a2, url: "{a2.url}"}}]
+    balancing: {{strategy: round-robin, metric_path: none}}
+  beta:
+    backends: [{{id: b1, url: "{b1.url}"}}]
+    balancing: {{metric_path: none}}
+routes:
+  - {{path: /alpha, pool: alpha}}
+  - {{path: /beta, pool: beta}}
+  - {{path: /, host: beta.example, pool: beta}}
+""",
+    )
+    lb = await start_balancer([], config_file=config)
+    os.unlink(config)
+    try:
+        for path in ("/alpha/echo", "/beta/echo", "/alpha/x", "/beta", "/alpha/y", "/beta/z"):
+            ws = await aio(websockets.connect(lb.ws_url(path)))
+            await aio(ws.send(path))
+            assert await aio(ws.recv()) == path  # the demo backend echoes
+            await aio(ws.close())
+        assert {p["path"] for p in a1.backend.handshakes + a2.backend.handshakes} == {
+            "/alpha/echo",
+            "/alpha/x",
+            "/alpha/y",
+        }
+        assert {p["path"] for p in b1.backend.handshakes} == {"/beta/echo", "/beta", "/beta/z"}
+        # round robin inside pool alpha: both of its backends got sessions
+        assert a1.backend.handshakes and a2.backend.handshakes
+        # a Host route: any path on beta.example goes to pool beta (WebSocket-only: 426),
+        # the same path on another host is taken by no route (404)
+        response = await treq.get(
+            f"http://127.0.0.1:{lb.port}/other",
+            headers={"Host": "beta.example:8080"},
+            persistent=False,
+        )
+        assert response.code == 426
+        response, _ = await _get(f"http://127.0.0.1:{lb.port}/other")
+        assert response.code == 404
+        # no default pool (the top level has no backends): what no route takes is a 404
+        try:
+            await aio(websockets.connect(lb.ws_url("/alphabet")))
+            raise AssertionError("expected 404")
+        except InvalidStatus as e:
+            assert e.response.status_code == 404
+            assert b"no route for /alphabet" in e.response.body
+        response, body = await _get(f"http://127.0.0.1:{lb.port}/nowhere")
+        assert response.code == 404 and body == b"no route for /nowhere\n"
+        # per-pool backends in the admin document
+        _, doc = await _admin_json(lb, "/balancer-metrics")
+        assert doc["pools"]["alpha"]["backends"] == ["a1", "a2"]
+        assert doc["pools"]["beta"]["backends"] == ["b1"]
+        assert {b["id"]: b["pool"] for b in doc["backends"]} == {
+            "a1": "alpha",
+            "a2": "alpha",
+            "b1": "beta",
+        }
+    finally:
+        await lb.stop()
+        for backend in (a1, a2, b1):
+            await backend.stop()
+
+
+async def _admin_json(lb: Any, path: str) -> tuple[int, Any]:
+    response = await treq.get(lb.admin_url(path), persistent=False)
+    return response.code, await response.json()
+
+
+async def _cookie_balancer(*backends: Any, **settings: Any) -> Any:
+    return await start_balancer(
+        [f"{b.id}={b.url}" for b in backends],
+        affinity__mode="cookie",
+        affinity__secret="test-secret",
+        http__enabled="true",
+        balancing__metric_path="none",
+        **settings,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_requests_stick_by_cookie_and_tampered_cookies_are_repicked() -> None:
+    h1, h2 = start_http_backend("h1"), start_http_backend("h2")
+    lb = await _cookie_balancer(h1, h2)
+    url = f"http://127.0.0.1:{lb.port}/app/poll?x=1"
+    try:
+        response, body = await _get(url)
+        assert response.code == 200
+        cookie = _cookie(response)
+        assert cookie is not None
+        attributes = response.headers.getRawHeaders("set-cookie")[0]
+        assert "HttpOnly" in attributes and "SameSite=Lax" in attributes
+        assert "Secure" not in attributes  # the client came over plain TCP
+        first = response.headers.getRawHeaders("x-served-by")[0]
+        other = "h2" if first == "h1" else "h1"
+        for _ in range(5):
+            response, body = await _get(url, cookie)
+            assert response.headers.getRawHeaders("x-served-by") == [first]
+            assert _cookie(response) is None  # pinned already: nothing new to set
+        assert body.startswith(f"{first} GET /app/poll?x=1".encode())
+        # The same pin is honoured by the WebSocket that follows (no new cookie either).
+        # Forged: the other backend's name with this cookie's nonce and signature.
+        name, nonce, mac = cookie.split(".")
+        lane = lb.balancer.lanes["default"]
+        forged_name = lane.affinity.sign(other, nonce).split(".")[0]
+        for bad in (f"{forged_name}.{nonce}.{mac}", f"{name}.{nonce}.{mac[:-2]}AA", "garbage"):
+            # Load `first` so least-loaded has a reason to choose `other`.
+            lane.pool.backends[first].local_sessions += 5
+            response, body = await _get(url, bad)
+            lane.pool.backends[first].local_sessions -= 5
+            assert response.code == 200, bad
+            assert response.headers.getRawHeaders("x-served-by") == [other], bad
+            new = _cookie(response)
+            assert new is not None and lane.affinity.verify(new)[0] == other
+        # The balancer's cookie is not passed on to the backend; the others are.
+        response = await treq.get(
+            url, headers={"Cookie": f"a=1; wsb_backend={cookie}; b=2"}, persistent=False
+        )
+        await response.content()
+        seen = lb_backend(h1, h2, first).resource.requests[-1]["headers"]
+        assert seen["cookie"] == ["a=1; b=2"]
+    finally:
+        await lb.stop()
+        await h1.stop()
+        await h2.stop()
+
+
+def lb_backend(h1: Any, h2: Any, name: str) -> Any:
+    return h1 if name == "h1" else h2
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_follows_the_cookie_and_a_removed_backend_repins_silently() -> None:
+    b1, b2 = start_backend("b1"), start_backend("b2")
+    b1.id, b2.id = "b1", "b2"
+    lb = await _cookie_balancer(b1, b2)
+    try:
+        ws = await aio(websockets.connect(lb.ws_url("/chat")))
+        greeting = await aio(ws.recv())
+        pinned = greeting.removeprefix("connected to ")
+        set_cookie = ws.response.headers.get("Set-Cookie")
+        assert set_cookie and set_cookie.startswith("wsb_backend=")
+        cookie = set_cookie.split(";", 1)[0]
+        await aio(ws.close())
+        lane = lb.balancer.lanes["default"]
+        for _ in range(4):  # the pin wins over least-loaded
+            lane.pool.backends[pinned].local_sessions += 3
+            ws = await aio(
+                websockets.connect(lb.ws_url("/chat"), additional_headers={"Cookie": cookie})
+            )
+            assert await aio(ws.recv()) == f"connected to {pinned}"
+            assert ws.response.headers.get("Set-Cookie") is None
+            await aio(ws.close())
+            lane.pool.backends[pinned].local_sessions -= 3
+        # Pinned sessions count in the least-loaded figures.
+        ws = await aio(
+            websockets.connect(lb.ws_url("/chat"), additional_headers={"Cookie": cookie})
+        )
+        await aio(ws.recv())
+        assert lane.pool.backends[pinned].local_sessions == 1
+        await aio(ws.close())
+        # The pinned backend is removed by a reload: the next session re-pins, no error.
+        config = lb.balancer.config
+        kept = tuple(b for b in config.backends if b.id != pinned)
+        lb.balancer.apply_config(replace(config, backends=kept))
+        ws = await aio(
+            websockets.connect(lb.ws_url("/chat"), additional_headers={"Cookie": cookie})
+        )
+        other = kept[0].id
+        assert await aio(ws.recv()) == f"connected to {other}"
+        new = ws.response.headers.get("Set-Cookie")
+        assert new is not None
+        assert lane.affinity.verify(new.split(";")[0].split("=", 1)[1])[0] == other
+        await aio(ws.close())
+    finally:
+        await lb.stop()
+        await b1.stop()
+        await b2.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pinned_backend_with_open_breaker_or_draining_is_repicked() -> None:
+    h1, h2 = start_http_backend("h1"), start_http_backend("h2")
+    lb = await _cookie_balancer(h1, h2)
+    url = f"http://127.0.0.1:{lb.port}/"
+    try:
+        response, _ = await _get(url)
+        cookie = _cookie(response)
+        first = response.headers.getRawHeaders("x-served-by")[0]
+        state = lb.balancer.lanes["default"].pool.backends[first]
+        state.draining = True
+        response, _ = await _get(url, cookie)
+        assert response.headers.getRawHeaders("x-served-by") != [first]
+        assert _cookie(response) is not None
+        state.draining = False
+        state.breaker, state.breaker_until = "open", lb.balancer.clock.seconds() + 60
+        response, _ = await _get(url, cookie)
+        assert response.code == 200
+        assert response.headers.getRawHeaders("x-served-by") != [first]
+    finally:
+        await lb.stop()
+        await h1.stop()
+        await h2.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hung_http_backend_times_out_with_504_and_nothing_leaks() -> None:
+    hung = start_http_backend("hung", hang=True)
+    lb = await _cookie_balancer(hung, http__timeout="0.3s")
+    try:
+        response, body = await _get(f"http://127.0.0.1:{lb.port}/socket.io/?EIO=4")
+        assert response.code == 504
+        assert body == b"backend did not answer within 0.3s\n"
+        assert response.headers.getRawHeaders("set-cookie") is None  # no pin to a hung one
+        state = lb.balancer.lanes["default"].pool.backends["hung"]
+        assert state.requests == 0
+        assert state.connect_failures == 1
+        await wait_for(lambda: not hung.resource.waiting, what="the hung request to be dropped")
+    finally:
+        await lb.stop()
+        await hung.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_http_bodies_are_bounded_and_headers_rewritten() -> None:
+    h1 = start_http_backend("h1")
+    lb = await start_balancer(
+        [f"h1={h1.url}"],
+        http__enabled="true",
+        http__max_body="1KiB",
+        balancing__metric_path="none",
+    )
+    url = f"http://127.0.0.1:{lb.port}/upload"
+    try:
+        response = await treq.post(
+            url,
+            data=b"x" * 5000,
+            headers={"Connection": "keep-alive, x-drop", "X-Drop": "1", "Keep-Alive": "300"},
+            persistent=False,
+        )
+        assert response.code == 413
+        assert await response.content() == b"request body too large\n"
+        assert h1.resource.requests == []  # nothing reached the backend
+        response = await treq.post(
+            url,
+            data=b"y" * 1000,
+            headers={"Connection": "x-drop", "X-Drop": "1", "X-Keep": "2"},
+            persistent=False,
+        )
+        assert response.code == 200
+        assert await response.content() == b"h1 POST /upload " + b"y" * 1000
+        seen = h1.resource.requests[-1]["headers"]
+        assert seen["x-forwarded-for"] == ["127.0.0.1"]
+        assert seen["x-forwarded-proto"] == ["http"]
+        assert seen["x-forwarded-host"] == [f"127.0.0.1:{lb.port}"]
+        assert seen["x-keep"] == ["2"]
+        assert "x-drop" not in seen  # named in Connection: this hop's only
+        assert response.headers.getRawHeaders("x-served-by") == ["h1"]
+        assert len(response.headers.getRawHeaders("server")) == 1  # the backend's, not two
+    finally:
+        await lb.stop()
+        await h1.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_poll_response_streams_as_written() -> None:
+    h1 = start_http_backend("h1", stream=True)
+    lb = await start_balancer([f"h1={h1.url}"], http__enabled="true", balancing__metric_path="none")
+    try:
+        response = await treq.get(f"http://127.0.0.1:{lb.port}/poll", persistent=False)
+        assert response.code == 200
+        chunks: list[bytes] = []
+        done = treq.collect(response, chunks.append)
+        await wait_for(lambda: chunks, what="the first part before the backend finished")
+        assert b"".join(chunks) == b"first part;"
+        h1.resource.release()
+        await done
+        assert b"".join(chunks) == b"first part;second part"
+    finally:
+        await lb.stop()
+        await h1.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_http_to_a_websocket_only_pool_still_gets_426() -> None:
+    b1 = start_backend("b1")
+    lb = await start_balancer([b1.url])
+    try:
+        response, body = await _get(f"http://127.0.0.1:{lb.port}/echo")
+        assert response.code == 426
+        assert body == b"HTTP Upgrade header missing\n"
+    finally:
+        await lb.stop()
+        await b1.stop()
