@@ -32,6 +32,10 @@ def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
             "affinity": lane.config.affinity,
             "http": lane.config.http,
             "backends": list(lane.pool.backends),
+            # sessions pinned over plain HTTP and HTTP requests in flight, per backend
+            # (both are in each backend's `connections` too)
+            "pinned": {b.id: b.pinned for b in lane.pool.backends.values()},
+            "httpRequests": {b.id: b.requests for b in lane.pool.backends.values()},
             "routes": [
                 {"path": r.path, "host": r.host}
                 for r in balancer.config.routes
@@ -72,9 +76,6 @@ def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
                 "draining": b.draining,
                 "usable": pool.usable(b),
                 "picks": b.picks,
-                "pool": lane.name,
-                "pinned": b.pinned,
-                "httpRequests": b.requests,
                 "lastPoll": _iso(b.last_poll_at, balancer),
                 "lastPollError": b.last_poll_error,
                 "pod": None
