@@ -330,3 +330,97 @@ async def test_plain_http_to_a_websocket_only_pool_still_gets_426() -> None:
     finally:
         await lb.stop()
         await b1.stop()
+
+
+async def _raw_exchange(port: int, data: bytes) -> bytes:
+    """Send raw bytes, read until the balancer closes the connection."""
+    import asyncio
+
+    async def talk() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return answer
+
+    return bytes(await aio(talk()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_keep_alive_requests_get_400_431_and_chunked_413() -> None:
+    h1 = start_http_backend("h1")
+    lb = await start_balancer(
+        [f"h1={h1.url}"],
+        http__enabled="true",
+        http__max_body="100",
+        limits__max_header_bytes="2KiB",
+        balancing__metric_path="none",
+    )
+    ok = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        # the first request is proxied, the second on the same connection is too big
+        big = b"GET /b HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 4000 + b"\r\n\r\n"
+        answer = await _raw_exchange(lb.port, ok + big)
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        assert b"HTTP/1.1 431 Request Header Fields Too Large" in answer
+        assert answer.endswith(b"request header fields too large\n")
+        answer = await _raw_exchange(lb.port, ok + b"NONSENSE\r\n\r\n")
+        assert b"HTTP/1.1 400 Bad Request" in answer and answer.endswith(b"malformed request\n")
+        chunked = (
+            b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"50\r\n"
+            + b"z" * 80
+            + b"\r\n"
+            + b"50\r\n"
+            + b"z" * 80
+            + b"\r\n0\r\n\r\n"
+        )
+        answer = await _raw_exchange(lb.port, chunked)
+        assert answer.startswith(b"HTTP/1.1 413 Request Entity Too Large")
+        assert answer.endswith(b"request body too large\n")
+        assert [r["uri"] for r in h1.resource.requests] == ["/a", "/a"]  # nothing else
+        # and the balancer keeps serving everyone else
+        response, body = await _get(f"http://127.0.0.1:{lb.port}/after")
+        assert response.code == 200 and body.startswith(b"h1 GET /after")
+    finally:
+        await lb.stop()
+        await h1.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_adds_a_pool_and_its_route() -> None:
+    a1, b1 = start_backend("a1"), start_backend("b1")
+    lb = await start_balancer([f"a1={a1.url}"], balancing__metric_path="none")
+    try:
+        from wsbalancer.config import load
+
+        config = _yaml(
+            f"""
+backends: [{{id: a1, url: "{a1.url}"}}]
+balancing: {{metric_path: none}}
+pools:
+  beta: {{backends: [{{id: b1, url: "{b1.url}"}}]}}
+routes: [{{path: /beta, pool: beta}}]
+"""
+        )
+        changes = lb.balancer.apply_config(load(config, environ={}))
+        os.unlink(config)
+        assert "added pool beta" in changes
+        ws = await aio(websockets.connect(lb.ws_url("/beta/x")))
+        await aio(ws.close())
+        ws = await aio(websockets.connect(lb.ws_url("/else")))
+        await aio(ws.close())
+        assert [h["path"] for h in b1.backend.handshakes] == ["/beta/x"]
+        assert [h["path"] for h in a1.backend.handshakes] == ["/else"]
+        assert lb.balancer.lanes["beta"].poller is not None  # polled like the others
+        # dropping the pool again: its route goes, its traffic falls to the default pool
+        changes = lb.balancer.apply_config(replace(lb.balancer.config, pools=(), routes=()))
+        assert "removed pool beta" in changes
+        ws = await aio(websockets.connect(lb.ws_url("/beta/y")))
+        await aio(ws.close())
+        assert a1.backend.handshakes[-1]["path"] == "/beta/y"
+    finally:
+        await lb.stop()
+        await a1.stop()
+        await b1.stop()
