@@ -190,6 +190,16 @@ async def test_websocket_follows_the_cookie_and_a_removed_backend_repins_silentl
             assert ws.response.headers.get("Set-Cookie") is None
             await aio(ws.close())
             lane.pool.backends[pinned].local_sessions -= 3
+        # A tampered cookie on a WebSocket: a normal 101 and a fresh, valid cookie.
+        name, nonce, mac = cookie.split("=", 1)[1].split(".")
+        tampered = f"wsb_backend={name}.{nonce}.{mac[::-1]}"
+        ws = await aio(
+            websockets.connect(lb.ws_url("/chat"), additional_headers={"Cookie": tampered})
+        )
+        await aio(ws.recv())
+        fresh = ws.response.headers.get("Set-Cookie")
+        assert fresh is not None and lane.affinity.verify(fresh.split(";")[0].split("=", 1)[1])
+        await aio(ws.close())
         # Pinned sessions count in the least-loaded figures.
         ws = await aio(
             websockets.connect(lb.ws_url("/chat"), additional_headers={"Cookie": cookie})
@@ -252,6 +262,7 @@ async def test_hung_http_backend_times_out_with_504_and_nothing_leaks() -> None:
         assert response.headers.getRawHeaders("set-cookie") is None  # no pin to a hung one
         state = lb.balancer.lanes["default"].pool.backends["hung"]
         assert state.requests == 0
+        assert state.pinned == 0  # the cookie was not sent, so no session counts there
         assert state.connect_failures == 1
         await wait_for(lambda: not hung.resource.waiting, what="the hung request to be dropped")
     finally:

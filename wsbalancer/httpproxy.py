@@ -220,6 +220,7 @@ class ProxiedRequest:
         self.done = False
         self.client_gone = False
         self.timed_out = False
+        self.new_pin: str | None = None  # the nonce of a cookie this response sets
         self.tried: list[str] = []
 
     def start(self) -> None:
@@ -243,7 +244,7 @@ class ProxiedRequest:
         if affinity.mode == "cookie":
             nonce = placement.nonce
             if placement.backend is not backend or nonce is None:
-                nonce = new_nonce()
+                nonce = self.new_pin = new_nonce()
                 is_tls = ISSLTransport.providedBy(request.channel.transport)
                 cookie = affinity.set_cookie(backend.id, nonce, is_tls)
                 request.responseHeaders.addRawHeader(b"set-cookie", cookie.encode("latin-1"))
@@ -375,7 +376,8 @@ class ProxiedRequest:
         affinity = self.lane.affinity
         if affinity.mode != "cookie":
             return
-        nonce = new_nonce()
+        affinity.release(self.new_pin)
+        nonce = self.new_pin = new_nonce()
         is_tls = ISSLTransport.providedBy(self.request.channel.transport)
         cookie = affinity.set_cookie(backend.id, nonce, is_tls)
         self.request.responseHeaders.setRawHeaders(b"set-cookie", [cookie.encode("latin-1")])
@@ -391,7 +393,9 @@ class ProxiedRequest:
             detail=detail,
         )
         request = self.request
-        request.responseHeaders.removeHeader(b"set-cookie")  # no pin to a failed backend
+        # No pin to a failed backend: the cookie is not sent, so its count goes too.
+        request.responseHeaders.removeHeader(b"set-cookie")
+        self.lane.affinity.release(self.new_pin)
         request.write(error_body(request, code, text))
         request.finish()
 

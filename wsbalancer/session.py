@@ -162,6 +162,10 @@ class RelaySession:
             client.http_request_uri,
             peer_host(client),
         )
+        if placement.forged:
+            balancer.log.info(
+                "affinity cookie from {peer} does not verify; placed anew", peer=peer_host(client)
+            )
         try:
             leg = await self._connect(exclude=(), prefer=placement.backend)
         except NoBackendError as e:
