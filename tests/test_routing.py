@@ -7,9 +7,11 @@ import tempfile
 from dataclasses import replace
 from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 import websockets
+from twisted.internet import defer
 from websockets.exceptions import InvalidStatus
 
 from .helpers import aio, start_backend, start_balancer, start_http_backend, wait_for
@@ -106,9 +108,9 @@ async def _admin_json(lb: Any, path: str) -> tuple[int, Any]:
 
 
 async def _cookie_balancer(*backends: Any, **settings: Any) -> Any:
+    settings = {"affinity__mode": "cookie", **settings}
     return await start_balancer(
         [f"{b.id}={b.url}" for b in backends],
-        affinity__mode="cookie",
         affinity__secret="test-secret",
         http__enabled="true",
         balancing__metric_path="none",
@@ -251,16 +253,20 @@ async def test_pinned_backend_with_open_breaker_or_draining_is_repicked() -> Non
         await h2.stop()
 
 
+@pytest.mark.parametrize("mode", ["cookie", "off"])
 @pytest_twisted.ensureDeferred
-async def test_hung_http_backend_times_out_with_504_and_nothing_leaks() -> None:
+async def test_hung_http_backend_times_out_with_504_and_nothing_leaks(mode: str) -> None:
     hung = start_http_backend("hung", hang=True)
-    lb = await _cookie_balancer(hung, http__timeout="0.3s")
+    lb = await _cookie_balancer(hung, http__timeout="0.3s", affinity__mode=mode)
+    state = lb.balancer.lanes["default"].pool.backends["hung"]
     try:
-        response, body = await _get(f"http://127.0.0.1:{lb.port}/socket.io/?EIO=4")
+        pending = defer.ensureDeferred(_get(f"http://127.0.0.1:{lb.port}/socket.io/?EIO=4"))
+        if mode == "off":  # without pins, a request in flight counts on its backend
+            await wait_for(lambda: state.requests == 1, what="the request to be in flight")
+        response, body = await pending
         assert response.code == 504
         assert body == b"backend did not answer within 0.3s\n"
         assert response.headers.getRawHeaders("set-cookie") is None  # no pin to a hung one
-        state = lb.balancer.lanes["default"].pool.backends["hung"]
         assert state.requests == 0
         assert state.pinned == 0  # the cookie was not sent, so no session counts there
         assert state.connect_failures == 1

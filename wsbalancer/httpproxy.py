@@ -221,6 +221,9 @@ class ProxiedRequest:
         self.client_gone = False
         self.timed_out = False
         self.new_pin: str | None = None  # the nonce of a cookie this response sets
+        # With cookie affinity the session counts once, as its pin; its requests (a
+        # long-poll is in flight most of the time) would count it twice, unevenly.
+        self.counted = lane.affinity.mode != "cookie"
         self.tried: list[str] = []
 
     def start(self) -> None:
@@ -255,7 +258,7 @@ class ProxiedRequest:
         lane, request = self.lane, self.request
         self.backend = backend
         self.tried.append(backend.id)
-        lane.pool.request_started(backend)
+        lane.pool.request_started(backend, self.counted)
         url = _http_url(backend.config.url, self.target)
         out = Headers()
         raw = [
@@ -443,7 +446,7 @@ class ProxiedRequest:
         if self.done or self.backend is None:
             return
         self.done = True
-        self.lane.pool.request_ended(self.backend, failed)
+        self.lane.pool.request_ended(self.backend, failed, self.counted)
         if self.backend.removed:
             self.balancer.backend_idle(self.backend)
 

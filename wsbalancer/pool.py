@@ -214,14 +214,17 @@ class BackendPool:
         if counts_against_breaker:
             self._failed(backend)
 
-    def request_started(self, backend: BackendState) -> None:
-        """A plain-HTTP request went to this backend; it counts while in flight."""
-        backend.requests += 1
+    def request_started(self, backend: BackendState, counted: bool = True) -> None:
+        """A plain-HTTP request went to this backend; it counts while in flight (unless its
+        session is counted already, as a pin)."""
+        if counted:
+            backend.requests += 1
 
-    def request_ended(self, backend: BackendState, failed: bool) -> None:
+    def request_ended(self, backend: BackendState, failed: bool, counted: bool = True) -> None:
         """A plain-HTTP request ended; a connect failure or timeout counts towards the breaker,
         an answer closes it again."""
-        backend.requests -= 1
+        if counted:
+            backend.requests -= 1
         if failed:
             self._failed(backend)
         else:

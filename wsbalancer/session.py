@@ -166,6 +166,8 @@ class RelaySession:
             balancer.log.info(
                 "affinity cookie from {peer} does not verify; placed anew", peer=peer_host(client)
             )
+        # From the dial on, the session counts as a dial (then a session), not as a pin.
+        affinity.release(placement.nonce)
         try:
             leg = await self._connect(exclude=(), prefer=placement.backend)
         except NoBackendError as e:
@@ -182,7 +184,6 @@ class RelaySession:
         balancer.session_opened(self)
         back = pass_back_headers(parse_raw_headers(leg.http_response_data), config)
         if affinity.mode == "cookie":
-            affinity.release(placement.nonce)  # counted as this session from now on
             state = self.backend_state
             if state is not None and placement.backend is not state:
                 pin = affinity.set_cookie(state.id, new_nonce(), is_tls)
