@@ -46,9 +46,9 @@ class FrontendProtocol(LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
     CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES
     session: RelaySession | None = None
     partner: BackendProtocol | None = None
+    _handshake_pending = False
     lane: Lane | None = None  # the pool the request was routed to
     http_channel: Any = None  # set when the connection is handed to the HTTP proxy
-    _handshake_pending = False
 
     def dataReceived(self, data: bytes) -> None:
         if self.http_channel is not None:
