@@ -441,3 +441,32 @@ routes: [{{path: /beta, pool: beta}}]
         await lb.stop()
         await a1.stop()
         await b1.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_header_hash_affinity_keeps_a_client_on_one_backend() -> None:
+    h1, h2, h3 = (start_http_backend(f"h{i}") for i in (1, 2, 3))
+    lb = await start_balancer(
+        [f"{b.id}={b.url}" for b in (h1, h2, h3)],
+        affinity__mode="header",
+        affinity__key="X-User",
+        http__enabled="true",
+        balancing__metric_path="none",
+    )
+    url = f"http://127.0.0.1:{lb.port}/poll"
+    try:
+        homes = {}
+        for user in ("ann", "bob", "cid", "dan", "eve", "fay"):
+            served = set()
+            for _ in range(3):
+                response = await treq.get(url, headers={"X-User": user}, persistent=False)
+                await response.content()
+                served.update(response.headers.getRawHeaders("x-served-by"))
+                assert response.headers.getRawHeaders("set-cookie") is None
+            assert len(served) == 1, (user, served)
+            homes[user] = served.pop()
+        assert len(set(homes.values())) > 1, homes  # users are spread, each one stays put
+    finally:
+        await lb.stop()
+        for backend in (h1, h2, h3):
+            await backend.stop()
