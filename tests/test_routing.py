@@ -95,6 +95,10 @@ routes:
         assert doc["pools"]["alpha"]["backends"] == ["a1", "a2"]
         assert doc["pools"]["beta"]["backends"] == ["b1"]
         assert {b["id"] for b in doc["backends"]} == {"a1", "a2", "b1"}
+        response = await treq.get(lb.admin_url("/metrics"), persistent=False)
+        text = (await response.content()).decode()
+        assert 'wsbalancer_backend_pool{backend="a2",pool="alpha"} 1.0' in text
+        assert 'wsbalancer_picks_total{backend="b1"} 3.0' in text
         assert doc["pools"]["default"]["backends"] == [] and doc["defaultPool"] is None
     finally:
         await lb.stop()
@@ -421,7 +425,9 @@ pools:
 routes: [{{path: /beta, pool: beta}}]
 """
         )
-        changes = lb.balancer.apply_config(load(config, environ={}))
+        # what SIGHUP runs: read the configuration again, apply it
+        lb.service.reload_source = lambda: load(config, environ={})
+        changes = lb.service.reload()
         os.unlink(config)
         assert "added pool beta" in changes
         ws = await aio(websockets.connect(lb.ws_url("/beta/x")))
