@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -476,3 +477,38 @@ async def test_header_hash_affinity_keeps_a_client_on_one_backend() -> None:
         await lb.stop()
         for backend in (h1, h2, h3):
             await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cookie_is_secure_when_the_client_came_over_tls(tmp_path: Path) -> None:
+    import asyncio
+    import ssl
+
+    from .tlsutil import CertAuthority
+
+    ca = CertAuthority(tmp_path)
+    cert, key = ca.issue(["localhost"], ["127.0.0.1"])
+    h1 = start_http_backend("h1")
+    lb = await _cookie_balancer(
+        h1, listen=f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    )
+    context = ssl.create_default_context(cafile=str(ca.ca_file))
+
+    async def fetch() -> bytes:
+        reader, writer = await asyncio.open_connection(
+            "localhost", lb.port, ssl=context, server_hostname="localhost"
+        )
+        writer.write(b"GET /secure HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return answer
+
+    try:
+        answer = bytes(await aio(fetch()))
+        assert answer.startswith(b"HTTP/1.1 200")
+        cookie = [line for line in answer.split(b"\r\n") if line.lower().startswith(b"set-cookie:")]
+        assert len(cookie) == 1 and cookie[0].endswith(b"; Secure"), cookie
+        assert h1.resource.requests[-1]["headers"]["x-forwarded-proto"] == ["https"]
+    finally:
+        await lb.stop()
+        await h1.stop()
