@@ -70,10 +70,13 @@ HOP_BY_HOP = frozenset(
 _REQUEST_DROPPED = HOP_BY_HOP | {
     "host",
     "content-length",
+    "expect",  # the body is here already (twisted.web answered any 100-continue)
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
 }
+# What a body is cannot be left out by a `headers.forward` list written for handshakes.
+_REQUEST_ALWAYS = frozenset({"content-type", "content-encoding"})
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 KEEPALIVE_IDLE = 60  # seconds an idle client keep-alive connection stays open
 
@@ -277,6 +280,7 @@ class ProxiedRequest:
             self.peer,
             is_tls,
             dropped=_REQUEST_DROPPED | connection_named,
+            always=_REQUEST_ALWAYS,
         ).items():
             if cookie_name and name.lower() == "cookie":
                 value = strip_cookie(value, cookie_name)
