@@ -522,3 +522,33 @@ async def test_cookie_is_secure_when_the_client_came_over_tls(tmp_path: Path) ->
     finally:
         await lb.stop()
         await h1.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_leaving_mid_request_cancels_the_backend_request() -> None:
+    import asyncio
+
+    hung = start_http_backend("hung", hang=True)
+    lb = await start_balancer(
+        [f"hung={hung.url}"], http__enabled="true", balancing__metric_path="none"
+    )
+    state = lb.balancer.lanes["default"].pool.backends["hung"]
+    try:
+
+        async def open_request() -> Any:
+            reader, writer = await asyncio.open_connection("127.0.0.1", lb.port)
+            writer.write(b"GET /long-poll HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            return writer
+
+        writer = await aio(open_request())
+        await wait_for(lambda: hung.resource.waiting, what="the backend to hold the request")
+        assert state.requests == 1
+        writer.close()
+        # the balancer drops its backend request too: nothing is left counted or open
+        await wait_for(lambda: not hung.resource.waiting, what="the backend request to end")
+        await wait_for(lambda: state.requests == 0, what="the in-flight count to drop")
+        assert state.connect_failures == 0  # the client leaving is not the backend's fault
+    finally:
+        await lb.stop()
+        await hung.stop()
