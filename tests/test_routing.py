@@ -50,6 +50,7 @@ pools:
   beta:
     backends: [{{id: b1, url: "{b1.url}"}}]
     balancing: {{metric_path: none}}
+admin: {{token: t0ken, open_reads: true}}
 routes:
   - {{path: /alpha, pool: alpha}}
   - {{path: /beta, pool: beta}}
@@ -96,6 +97,20 @@ routes:
         assert doc["pools"]["alpha"]["backends"] == ["a1", "a2"]
         assert doc["pools"]["beta"]["backends"] == ["b1"]
         assert {b["id"] for b in doc["backends"]} == {"a1", "a2", "b1"}
+        # the admin API sees and acts on backends of every pool
+        _, api = await _admin_json(lb, "/api/backends")
+        assert {b["id"]: b["pool"] for b in api["backends"]} == {
+            "a1": "alpha",
+            "a2": "alpha",
+            "b1": "beta",
+        }
+        response = await treq.post(
+            lb.admin_url("/api/backends/b1/drain"),
+            headers={"Authorization": "Bearer t0ken"},
+            persistent=False,
+        )
+        assert response.code == 200 and (await response.json())["draining"] is True
+        assert lb.balancer.lanes["beta"].pool.backends["b1"].draining
         response = await treq.get(lb.admin_url("/metrics"), persistent=False)
         text = (await response.content()).decode()
         assert 'wsbalancer_backend_pool{backend="a2",pool="alpha"} 1.0' in text
