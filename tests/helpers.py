@@ -10,6 +10,8 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.protocols.policies import WrappingFactory
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 
 from wsbalancer.config import load
 from wsbalancer.demo.backend import DemoBackend, DemoProtocol
@@ -88,8 +90,11 @@ class RunningBalancer:
         await self.service.stopService()
 
 
-async def start_balancer(backend_urls: list[str], **settings: Any) -> RunningBalancer:
-    """Start a balancer in this reactor; `settings` are dotted keys with `__` for dots."""
+async def start_balancer(
+    backend_urls: list[str], config_file: str | None = None, **settings: Any
+) -> RunningBalancer:
+    """Start a balancer in this reactor; `settings` are dotted keys with `__` for dots;
+    `config_file` is a YAML file read first (pools and routes live there)."""
     overrides = [
         ("listen", "tcp:0:interface=127.0.0.1", "test"),
         ("admin.listen", "tcp:0:interface=127.0.0.1", "test"),
@@ -97,7 +102,7 @@ async def start_balancer(backend_urls: list[str], **settings: Any) -> RunningBal
         ("shutdown.drain_period", "0s", "test"),
     ]
     overrides += [(key.replace("__", "."), value, "test") for key, value in settings.items()]
-    config = load(None, environ={}, overrides=overrides, backends=backend_urls)
+    config = load(config_file, environ={}, overrides=overrides, backends=backend_urls)
     service = build_service(config, reactor)
     service.startService()
     port = await service.listeners[0].listening()
@@ -118,3 +123,79 @@ async def get_json(url: str) -> tuple[int, Any]:
 def recv(ws: Any, timeout: float = TIMEOUT) -> defer.Deferred[Any]:
     """A websockets message, failing the test after `timeout` seconds instead of hanging."""
     return aio(asyncio.wait_for(ws.recv(), timeout))
+
+
+class HTTPBackend(Resource):
+    """A plain-HTTP backend that records each request and answers `NAME METHOD PATH BODY`;
+    `hang` leaves requests unanswered, `stream` answers in two parts (the second when
+    `release()` is called)."""
+
+    isLeaf = True
+
+    def __init__(self, name: str, hang: bool = False, stream: bool = False) -> None:
+        super().__init__()
+        self.name = name
+        self.hang = hang
+        self.stream = stream
+        self.requests: list[dict[str, Any]] = []
+        self.waiting: list[Any] = []
+
+    def render(self, request: Any) -> Any:
+        body = request.content.read()
+        self.requests.append(
+            {
+                "method": request.method.decode(),
+                "uri": request.uri.decode(),
+                "headers": {
+                    k.decode().lower(): [v.decode() for v in vs]
+                    for k, vs in request.requestHeaders.getAllRawHeaders()
+                },
+                "body": body,
+            }
+        )
+        request.setHeader(b"x-served-by", self.name.encode())
+        # A request whose client went away is no longer waiting.
+        request.notifyFinish().addBoth(lambda _: self._forget(request))
+        if self.hang:
+            self.waiting.append(request)
+            return NOT_DONE_YET
+        answer = f"{self.name} {request.method.decode()} {request.uri.decode()} ".encode() + body
+        if self.stream:
+            request.write(b"first part;")
+            self.waiting.append(request)
+            return NOT_DONE_YET
+        return answer
+
+    def _forget(self, request: Any) -> None:
+        if request in self.waiting:
+            self.waiting.remove(request)
+
+    def release(self) -> None:
+        """Finish the streamed (or hung) requests."""
+        for request in list(self.waiting):
+            self.waiting.remove(request)
+            request.write(b"second part")
+            request.finish()
+
+
+class RunningHTTPBackend:
+    """An `HTTPBackend` listening on an ephemeral port."""
+
+    def __init__(self, resource: HTTPBackend, port: Any) -> None:
+        self.resource = resource
+        self.port = port
+        self.url = f"ws://127.0.0.1:{port.getHost().port}"
+        self.id = resource.name
+
+    async def stop(self) -> None:
+        self.resource.release()
+        await self.port.stopListening()
+
+
+def start_http_backend(name: str, **kwargs: Any) -> RunningHTTPBackend:
+    """A recording plain-HTTP backend on 127.0.0.1:0."""
+    resource = HTTPBackend(name, **kwargs)
+    site = Site(resource)
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    return RunningHTTPBackend(resource, port)

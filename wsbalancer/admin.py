@@ -19,14 +19,31 @@ from .balancer import Balancer
 
 def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
     """The seed Traefik plugin's JSON shape, plus per-backend state."""
-    pool = balancer.pool
     now = balancer.clock.seconds()
     services = []
     pod_metrics: dict[str, list[dict[str, Any]]] = {}
     backends = []
     total = 0
     agents = 0
-    for b in pool.backends.values():
+    pools: dict[str, dict[str, Any]] = {}
+    for lane in balancer.lanes.values():
+        pools[lane.name] = {
+            "strategy": lane.pool.strategy,
+            "affinity": lane.config.affinity,
+            "http": lane.config.http,
+            "backends": list(lane.pool.backends),
+            # sessions pinned over plain HTTP and HTTP requests in flight, per backend
+            # (both are in each backend's `connections` too)
+            "pinned": {b.id: b.pinned for b in lane.pool.backends.values()},
+            "httpRequests": {b.id: b.requests for b in lane.pool.backends.values()},
+            "routes": [
+                {"path": r.path, "host": r.host}
+                for r in balancer.config.routes
+                if r.pool == lane.name
+            ],
+        }
+    for lane, b in balancer.all_backends():
+        pool = lane.pool
         estimate = b.estimate(now, pool.count_ttl)
         total += estimate
         agents += b.reported or 0
@@ -72,7 +89,9 @@ def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
         "podMetrics": pod_metrics,
         "totalConnections": total,
         "agentsConnections": agents,
-        "strategy": pool.strategy,
+        "strategy": balancer.pool.strategy,
+        "defaultPool": balancer.config.default_pool,
+        "pools": pools,
         "sessions": len(balancer.sessions),
         "ready": balancer.ready(),
         "backends": backends,

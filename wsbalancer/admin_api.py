@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from .config import ConfigError, _BackendSpec, _build_backend
+from .config import DEFAULT_POOL, ConfigError, _BackendSpec, _build_backend
 from .logs import logger
 
 if TYPE_CHECKING:
@@ -44,10 +44,12 @@ class ApiError(Exception):
 
 def backend_view(balancer: Balancer, b: BackendState) -> dict[str, Any]:
     """One backend as the API shows it."""
-    pool = balancer.pool
+    lane = balancer.lane_of(b) or balancer.lanes[DEFAULT_POOL]
+    pool = lane.pool
     pod = b.pod
     return {
         "id": b.id,
+        "pool": lane.name,
         "url": b.config.url,
         "metricUrl": b.config.metric_url,
         "weight": b.config.weight,
@@ -181,7 +183,7 @@ class AdminApi(Resource):
     # --- helpers --------------------------------------------------------------------------
 
     def _backend(self, backend_id: str) -> BackendState:
-        state = self.balancer.pool.backends.get(backend_id)
+        state = next((b for _, b in self.balancer.all_backends() if b.id == backend_id), None)
         if state is None:
             raise ApiError(404, "unknown_backend", f"no backend {backend_id!r}")
         return state
@@ -217,8 +219,8 @@ class AdminApi(Resource):
     # --- backends -------------------------------------------------------------------------
 
     def list_backends(self, request: Request) -> tuple[int, Any]:
-        pool = self.balancer.pool
-        return 200, {"backends": [backend_view(self.balancer, b) for b in pool.backends.values()]}
+        backends = [backend_view(self.balancer, b) for _, b in self.balancer.all_backends()]
+        return 200, {"backends": backends}
 
     def get_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:
         return 200, backend_view(self.balancer, self._backend(backend_id))
@@ -250,10 +252,7 @@ class AdminApi(Resource):
             config = _build_backend(spec, self.balancer.config.metric_path)
         except ConfigError as e:
             raise ApiError(400, "bad_backend", str(e).removeprefix("request: "))
-        if (
-            config.id in self.balancer.pool.backends
-            and not self.balancer.pool.backends[config.id].removed
-        ):
+        if any(b.id == config.id and not b.removed for _, b in self.balancer.all_backends()):
             raise ApiError(409, "conflict", f"backend {config.id!r} exists")
         state = self.balancer.add_backend(config)
         return 201, backend_view(self.balancer, state)
@@ -303,7 +302,8 @@ class AdminApi(Resource):
 
     def reset_breaker(self, request: Request, backend_id: str) -> tuple[int, Any]:
         state = self._backend(backend_id)
-        self.balancer.pool.reset_breaker(state)
+        lane = self.balancer.lane_of(state)
+        (lane.pool if lane is not None else self.balancer.pool).reset_breaker(state)
         return 200, backend_view(self.balancer, state)
 
     # --- sessions -------------------------------------------------------------------------

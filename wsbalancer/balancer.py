@@ -7,11 +7,16 @@ built from a `Config` in tests and in programs that embed the balancer.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+from twisted.internet.defer import Deferred, gatherResults
+
 from . import extensions
+from .affinity import Affinity, new_secret
 from .compression import accept_deflate_offer, refuse_compression
-from .config import BackendConfig, Config
+from .config import DEFAULT_POOL, BackendConfig, Config
 from .dialer import BackendDialer
 from .extensions import SessionRecorder
 from .lean import bake_options
@@ -25,7 +30,21 @@ from .relay import (
     HookedFrontendProtocol,
     RelayFactory,
 )
+from .routing import Lane, Router
 from .session import RelaySession, peer_host
+
+
+def _affinity_settings(config: Config) -> tuple[Any, ...]:
+    return (
+        config.affinity,
+        config.affinity_cookie,
+        config.affinity_secret,
+        config.affinity_samesite,
+        config.affinity_max_age,
+        config.affinity_key,
+        config.affinity_load_factor,
+        config.affinity_pin_idle,
+    )
 
 
 class Balancer:
@@ -38,24 +57,17 @@ class Balancer:
         self.reactor = reactor
         self.clock = clock or reactor
         self.metrics = BalancerMetrics()
-        self.pool = BackendPool(
-            config.backends,
-            seconds=self.clock.seconds,
-            strategy=config.strategy,
-            count_ttl=config.count_ttl,
-            fall=config.health_fall,
-            rise=config.health_rise,
-            breaker_threshold=config.breaker_threshold,
-            breaker_cooldown=config.breaker_cooldown,
-            rng=rng,
-        )
-        self.pool.on_state_change = self._state_changed
-        self.dialer = BackendDialer(
-            reactor,
-            config,
-            HookedBackendProtocol if config.hooks else BackendProtocol,
-            clock=self.clock,
-        )
+        self.rng = rng
+        self._secrets: dict[str, bytes] = {}  # generated affinity keys, kept across reloads
+        self.lanes: dict[str, Lane] = {}
+        for pool_config in config.all_pools():
+            self.lanes[pool_config.pool_name] = self._new_lane(pool_config)
+        default = self.lanes[DEFAULT_POOL]
+        self.pool = default.pool  # the top-level pool, as before pools existed
+        self.dialer = default.dialer
+        self.router = Router(config.routes, self.lanes, config.default_pool)
+        # Builds a count poller for a pool (set by the service assembly; None in unit tests).
+        self.make_poller: Callable[[BackendPool], Any] | None = None
         self.sessions: dict[int, RelaySession] = {}
         self.factories: list[RelayFactory] = []
         self.events: deque[tuple[float, str]] = deque(maxlen=50)  # for the dashboard
@@ -66,6 +78,74 @@ class Balancer:
         # Traffic of sessions already ended: msgs in, msgs out, bytes in, bytes out.
         self._ended_traffic = [0, 0, 0, 0]
         self.metrics.attach(self)
+
+    # --- pools ----------------------------------------------------------------------
+
+    def _new_lane(self, config: Config) -> Lane:
+        pool = BackendPool(
+            config.backends,
+            seconds=self.clock.seconds,
+            strategy=config.strategy,
+            count_ttl=config.count_ttl,
+            fall=config.health_fall,
+            rise=config.health_rise,
+            breaker_threshold=config.breaker_threshold,
+            breaker_cooldown=config.breaker_cooldown,
+            rng=self.rng,
+        )
+        pool.on_state_change = self._state_changed
+        dialer = BackendDialer(
+            self.reactor,
+            config,
+            HookedBackendProtocol if config.hooks else BackendProtocol,
+            clock=self.clock,
+        )
+        lane = Lane(config, pool, dialer, self._new_affinity(config))
+        make_poller = getattr(self, "make_poller", None)  # unset while __init__ runs
+        if make_poller is not None:
+            lane.poller = make_poller(pool)
+        return lane
+
+    def _new_affinity(self, config: Config) -> Affinity:
+        secret = config.affinity_secret.encode()
+        if config.affinity == "cookie" and not secret:
+            secret = self._secrets.get(config.pool_name, b"")
+            if not secret:
+                secret = self._secrets[config.pool_name] = new_secret()
+                self.log.warn(
+                    "affinity.secret is not set for pool {pool}: using a random one, so its "
+                    "affinity cookies will not survive a restart or be honoured by another "
+                    "instance",
+                    pool=config.pool_name,
+                )
+        return Affinity(config, secret, self.clock.seconds)
+
+    def set_poller_factory(self, make_poller: Callable[[BackendPool], Any]) -> None:
+        """How count pollers are built; every pool (now and after reloads) gets one."""
+        self.make_poller = make_poller
+        for lane in self.lanes.values():
+            if lane.poller is None:
+                lane.poller = make_poller(lane.pool)
+
+    def route(self, target: str, host: str | None) -> Lane | None:
+        """The pool a request goes to, or None when no route takes it (404)."""
+        return self.router.route(target, host)
+
+    def lane_of(self, backend: BackendState) -> Lane | None:
+        """The pool a backend belongs to."""
+        for lane in self.lanes.values():
+            if lane.pool.backends.get(backend.id) is backend:
+                return lane
+        return None
+
+    def all_backends(self) -> list[tuple[Lane, BackendState]]:
+        """Every backend of every pool, with its pool."""
+        return [(lane, b) for lane in self.lanes.values() for b in lane.pool.backends.values()]
+
+    def poll_all(self) -> Deferred[Any]:
+        """Poll every pool's backends once (what the poll timer calls)."""
+        polls = [lane.poller.poll_once() for lane in self.lanes.values() if lane.poller]
+        return gatherResults(polls, consumeErrors=True)
 
     # --- the client-facing factory ------------------------------------------------
 
@@ -111,10 +191,45 @@ class Balancer:
         changes: list[str] = []
         if (new.listen, new.admin_listen) != (old.listen, old.admin_listen):
             changes.append("listen addresses are unchanged until a restart")
-        self.dialer.reconfigure(new)
         for factory in self.factories:
             self._configure_factory(factory)
-        pool = self.pool
+        wanted = {p.pool_name: p for p in new.all_pools()}
+        for name, pool_config in wanted.items():
+            lane = self.lanes.get(name)
+            if lane is None:
+                self.lanes[name] = self._new_lane(pool_config)
+                changes.append(f"added pool {name}")
+                continue
+            lane.retired = False
+            changes += self._apply_pool(lane, pool_config)
+        for name, lane in list(self.lanes.items()):
+            if name in wanted or lane.retired:
+                continue
+            # A dropped pool takes no new sessions; its backends drain like removed ones.
+            lane.retired = True
+            changes += self._apply_pool(lane, replace(lane.config, backends=()))
+            changes.append(f"removed pool {name}")
+        self.router = Router(new.routes, self.lanes, new.default_pool)
+        if (old.routes, old.default_pool) != (new.routes, new.default_pool):
+            changes.append(f"routes now {len(new.routes)} (default pool {new.default_pool})")
+        return changes
+
+    def _apply_pool(self, lane: Lane, new: Config) -> list[str]:
+        """Apply one pool's new settings and backend list."""
+        old, lane.config = lane.config, new
+        prefix = "" if new.pool_name == DEFAULT_POOL else f"pool {new.pool_name}: "
+        changes: list[str] = []
+        lane.dialer.reconfigure(new)
+        if _affinity_settings(old) != _affinity_settings(new):
+            lane.affinity.release_all()
+            lane.affinity = self._new_affinity(new)
+            changes.append(f"{prefix}affinity {new.affinity}")
+        if (old.http_timeout, old.backend_connect_timeout) != (
+            new.http_timeout,
+            new.backend_connect_timeout,
+        ):
+            lane.http_agent = None  # rebuilt with the new timeouts on next use
+        pool = lane.pool
         pool.strategy, pool.count_ttl = new.strategy, new.count_ttl
         pool.fall, pool.rise = new.health_fall, new.health_rise
         pool.breaker_threshold, pool.breaker_cooldown = new.breaker_threshold, new.breaker_cooldown
@@ -125,17 +240,17 @@ class Balancer:
                 pool.add(config).removed = False
                 if state is not None:
                     state.draining = False
-                changes.append(f"added {backend_id}")
+                changes.append(f"{prefix}added {backend_id}")
             elif state.config != config:
                 pool.add(config)
-                changes.append(f"changed {backend_id} (weight {config.weight:g})")
+                changes.append(f"{prefix}changed {backend_id} (weight {config.weight:g})")
         for backend_id, state in list(pool.backends.items()):
             # Backends found by DNS discovery are its to remove, not the file's.
             if backend_id in wanted or state.removed or state.extra.get("discovered_by"):
                 continue
             moved = self.remove_backend(state, new.removed_sessions)
             changes.append(
-                f"removed {backend_id}"
+                f"{prefix}removed {backend_id}"
                 + (
                     f" ({moved} sessions moved)"
                     if moved
@@ -175,8 +290,18 @@ class Balancer:
 
     def _forget_if_drained(self, state: BackendState) -> None:
         if state.removed and state.local_sessions == 0 and state.dialing == 0:
-            if self.pool.backends.get(state.id) is state:
-                self.pool.remove(state.id)
+            lane = self.lane_of(state)
+            if lane is not None and state.requests == 0:
+                lane.pool.remove(state.id)
+
+    def backend_idle(self, state: BackendState) -> None:
+        """A removed backend's last plain-HTTP request ended: forget it if nothing is left."""
+        self._forget_if_drained(state)
+
+    def http_body_limit(self) -> int:
+        """The largest request body any pool that proxies HTTP accepts (each pool then
+        checks its own)."""
+        return max((lane.config.http_max_body for lane in self.lanes.values()), default=0)
 
     def drain(self) -> None:
         """Take no new sessions (readiness goes false); existing ones continue."""
@@ -209,7 +334,7 @@ class Balancer:
         """Both legs are closed: count the session's traffic and tell the listeners."""
         if self.sessions.pop(session.id, None) is None:
             return
-        for state in list(self.pool.backends.values()):
+        for _, state in self.all_backends():
             if state.removed:
                 self._forget_if_drained(state)
         t = self._ended_traffic
@@ -288,7 +413,9 @@ class Balancer:
 
     def ready(self) -> bool:
         """Whether a new session could be placed now."""
-        return not self.draining and self.pool.any_usable()
+        return not self.draining and any(
+            lane.pool.any_usable() for lane in self.lanes.values() if not lane.retired
+        )
 
     def sweep_idle(self) -> None:
         """Close sessions that carried no message for a whole idle period (1001)."""

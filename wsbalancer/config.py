@@ -17,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 STRATEGIES = ("least-loaded", "power-of-two", "round-robin")
+AFFINITY_MODES = ("off", "cookie", "header", "query", "client-address")
+DEFAULT_POOL = "default"
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 ENV_PREFIX = "WSBALANCER_"
 # Twisted server endpoint types: such strings pass as they are.
@@ -72,8 +74,27 @@ class Keepalive:
 
 
 @dataclass(frozen=True)
+class Route:
+    """Requests whose path starts with `path` (and whose Host is `host`, when set) go to `pool`."""
+
+    path: str
+    pool: str
+    host: str | None = None
+
+    def matches(self, path: str, host: str | None) -> bool:
+        """Whether a request for `path` on `host` takes this route."""
+        if self.host is not None and (host or "").lower() != self.host:
+            return False
+        prefix = self.path
+        return path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/")
+
+
+@dataclass(frozen=True)
 class Config:
-    """The balancer's whole configuration, validated."""
+    """The balancer's whole configuration, validated.
+
+    The top-level settings are also the default pool's; each named pool in `pools` is a whole
+    `Config` of its own (the top-level one with that pool's keys over it)."""
 
     backends: tuple[BackendConfig, ...]
     listen: tuple[str, ...] = ("tcp:8080",)
@@ -128,7 +149,26 @@ class Config:
     hooks: tuple[str, ...] = ()
     log_level: str = "info"
     log_format: str = "text"
+    affinity: str = "off"
+    affinity_cookie: str = "wsb_backend"
+    affinity_secret: str = ""
+    affinity_samesite: str = "Lax"
+    affinity_max_age: float = 0.0
+    affinity_key: str = ""
+    affinity_load_factor: float = 1.25
+    affinity_pin_idle: float = 120.0
+    http: bool = False
+    http_timeout: float = 60.0
+    http_max_body: int = 1024 * 1024
+    pool_name: str = DEFAULT_POOL
+    pools: tuple[Config, ...] = ()
+    routes: tuple[Route, ...] = ()
+    default_pool: str | None = DEFAULT_POOL
     ignored: tuple[str, ...] = field(default=())
+
+    def all_pools(self) -> tuple[Config, ...]:
+        """The default pool (this config) followed by the named ones."""
+        return (self, *self.pools)
 
     def backend(self, backend_id: str) -> BackendConfig:
         """The backend with this id (KeyError when there is none)."""
@@ -361,6 +401,33 @@ def parse_path(value: Any) -> str:
     return text
 
 
+def parse_load_factor(value: Any) -> float:
+    """The bounded-load factor of consistent hashing: above 1 (1.25 = 25% over the mean)."""
+    try:
+        factor = float(str(value).strip())
+    except ValueError:
+        raise ValueError(f"expected a number above 1, got {value!r}")
+    if not factor > 1:
+        raise ValueError(f"expected a number above 1, got {value!r}")
+    return factor
+
+
+def parse_cookie_name(value: Any) -> str:
+    """A cookie name (an RFC 6265 token)."""
+    text = str(value).strip()
+    if not re.match(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,64}$", text):
+        raise ValueError(f"expected a cookie name of letters, digits and -_. only, got {value!r}")
+    return text
+
+
+def parse_pool_name(value: Any) -> str | None:
+    """A pool name, or none (requests no route takes get 404)."""
+    text = str(value).strip()
+    if text.lower() in ("none", ""):
+        return None
+    return text
+
+
 def parse_ca_file(value: Any) -> str | None:
     """A readable file, or empty for none."""
     if value in (None, ""):
@@ -446,7 +513,44 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "extensions.hooks": (parse_dotted_names, "hooks"),
     "log.level": (_enum(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}), "log_level"),
     "log.format": (_enum(("text", "json")), "log_format"),
+    "affinity.mode": (
+        _enum(AFFINITY_MODES, {"none": "off", "false": "off", "ip": "client-address"}),
+        "affinity",
+    ),
+    "affinity.cookie": (parse_cookie_name, "affinity_cookie"),
+    "affinity.secret": (str, "affinity_secret"),
+    "affinity.samesite": (
+        _enum(("Lax", "Strict", "None"), {"lax": "Lax", "strict": "Strict", "none": "None"}),
+        "affinity_samesite",
+    ),
+    "affinity.max_age": (parse_duration, "affinity_max_age"),
+    "affinity.key": (str, "affinity_key"),
+    "affinity.load_factor": (parse_load_factor, "affinity_load_factor"),
+    "affinity.pin_idle": (parse_positive_duration, "affinity_pin_idle"),
+    "http.enabled": (parse_bool, "http"),
+    "http.timeout": (parse_positive_duration, "http_timeout"),
+    "http.max_body": (parse_size, "http_max_body"),
+    "routing.default": (parse_pool_name, "default_pool"),
 }
+
+# Keys a named pool may set for itself; the rest (listen addresses, admin, limits of the
+# client side, logging, extensions) belong to the whole process.
+POOL_KEY_PREFIXES = (
+    "balancing.strategy",
+    "balancing.metric_path",
+    "health.",
+    "breaker.",
+    "timeouts.backend_",
+    "keepalive.backend.",
+    "headers.",
+    "tls.",
+    "compression.backend",
+    "reload.",
+    "failover.",
+    "affinity.",
+    "http.",
+)
+_POOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 # Keys of the seed Traefik plugin's configuration, accepted in the file at the top level.
 TRAEFIK_KEYS = {
@@ -503,12 +607,22 @@ class _BackendSpec:
 
 
 @dataclass
+class _PoolSpec:
+    name: str
+    source: str
+    values: dict[str, _Value] = field(default_factory=dict)
+    backends: list[_BackendSpec] = field(default_factory=list)
+
+
+@dataclass
 class RawConfig:
     """Values as found, each with the place it came from, before validation."""
 
     values: dict[str, _Value] = field(default_factory=dict)
     backends: list[_BackendSpec] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    pools: list[_PoolSpec] = field(default_factory=list)
+    routes: list[tuple[Any, str]] = field(default_factory=list)
 
     def set(self, key: str, value: Any, source: str) -> None:
         """Record a value for a dotted key; later calls override earlier ones."""
@@ -585,8 +699,62 @@ def read_file(raw: RawConfig, path: str) -> None:
         raise ConfigError(f"{source}: upstream: expected a mapping with backends")
     if "backends" in data:
         raw.backends.extend(_backend_specs(data.pop("backends"), source, "backends"))
+    if "pools" in data:
+        raw.pools = _pool_specs(data.pop("pools"), source)
+    if "routes" in data:
+        routes = data.pop("routes")
+        if not isinstance(routes, list):
+            raise ConfigError(f"{source}: routes: expected a list of routes")
+        raw.routes = [(item, f"{source}: routes[{i}]") for i, item in enumerate(routes)]
     for key, value in _flatten(data):
         raw.set(key, value, source)
+
+
+def _pool_specs(data: Any, source: str) -> list[_PoolSpec]:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: pools: expected a mapping of pool names")
+    specs = []
+    for name, body in data.items():
+        where = f"{source}: pools.{name}"
+        if not _POOL_NAME.match(str(name)) or str(name) == DEFAULT_POOL:
+            raise ConfigError(
+                f"{where}: pool names use letters, digits and -_. only, and "
+                f"{DEFAULT_POOL!r} is the top-level pool"
+            )
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"{where}: expected a mapping with backends")
+        body = dict(body)
+        spec = _PoolSpec(str(name), where)
+        spec.backends = _backend_specs(body.pop("backends", None), where, "backends")
+        if not spec.backends:
+            raise ConfigError(f"{where}: backends: at least one backend is needed")
+        for key, value in _flatten(body):
+            if key not in SCHEMA:
+                raise ConfigError(f"{where}: {key}: unknown key")
+            if not key.startswith(POOL_KEY_PREFIXES):
+                raise ConfigError(f"{where}: {key}: set for the whole balancer, not per pool")
+            spec.values[key] = _Value(value, where)
+        specs.append(spec)
+    return specs
+
+
+def _build_route(item: Any, where: str, pools: set[str]) -> Route:
+    if not isinstance(item, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with path and pool")
+    unknown = set(item) - {"path", "host", "pool"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]}")
+    try:
+        path = parse_path(item.get("path", "/"))
+    except ValueError as e:
+        raise ConfigError(f"{where}: path: {e}")
+    pool = str(item.get("pool", "")).strip()
+    if pool not in pools:
+        known = ", ".join(sorted(pools)) or "none"
+        raise ConfigError(f"{where}: pool: no pool named {pool!r} (pools: {known})")
+    host = item.get("host")
+    host = str(host).strip().lower() if host not in (None, "") else None
+    return Route(path=path.rstrip("/") or "/", pool=pool, host=host)
 
 
 def _env_backends(raw: RawConfig, urls: str, ids: str | None, source: str) -> None:
@@ -674,6 +842,35 @@ def _build_backend(spec: _BackendSpec, metric_path: str) -> BackendConfig:
 
 def build(raw: RawConfig, require_backends: bool = True) -> Config:
     """Validate `raw` into a `Config`, or raise `ConfigError` naming the first bad value."""
+    config = _build_one(raw, require_backends and not raw.pools)
+    pools = []
+    for spec in raw.pools:
+        merged = RawConfig(values={**raw.values, **spec.values}, backends=spec.backends)
+        pools.append(replace(_build_one(merged, True), pool_name=spec.name))
+    names = {DEFAULT_POOL} if config.backends else set()
+    names |= {p.pool_name for p in pools}
+    seen: dict[str, str] = {b.id: DEFAULT_POOL for b in config.backends}
+    for pool in pools:
+        for b in pool.backends:
+            if b.id in seen:
+                raise ConfigError(
+                    f"configuration: pools.{pool.pool_name}: backend id {b.id!r} is also in "
+                    f"pool {seen[b.id]!r}; ids are unique across pools"
+                )
+            seen[b.id] = pool.pool_name
+    routes = tuple(_build_route(item, where, names) for item, where in raw.routes)
+    default = config.default_pool
+    if default is not None and default not in names:
+        if "routing.default" in raw.values:
+            raise ConfigError(
+                f"{raw.values['routing.default'].source}: routing.default: no pool named "
+                f"{default!r}"
+            )
+        default = None  # only named pools: what no route takes gets 404
+    return replace(config, pools=tuple(pools), routes=routes, default_pool=default)
+
+
+def _build_one(raw: RawConfig, require_backends: bool) -> Config:
     typed: dict[str, Any] = {}
     for key, item in raw.values.items():
         parser, field_name = SCHEMA[key]
@@ -715,6 +912,12 @@ def build(raw: RawConfig, require_backends: bool = True) -> Config:
                 f"configuration: keepalive.{leg}.pong_timeout: must be above "
                 f"zero when ping_interval is set"
             )
+    if config.affinity in ("header", "query") and not config.affinity_key.strip():
+        item = raw.values["affinity.mode"]
+        raise ConfigError(
+            f"{item.source}: affinity.key: the {config.affinity} name to hash is needed "
+            f"with affinity.mode {config.affinity}"
+        )
     return config
 
 

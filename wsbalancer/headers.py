@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from .config import HANDSHAKE_HEADERS, Config
 
@@ -37,12 +37,16 @@ def backend_request_headers(
     config: Config,
     peer_host: str,
     client_is_tls: bool,
+    dropped: Collection[str] = HANDSHAKE_HEADERS | _WRITTEN_BY_BACKEND_LEG,
+    always: Collection[str] = (),
 ) -> dict[str, str]:
-    """The extra headers of the backend leg's handshake request.
+    """The extra headers of the backend leg's handshake request (or, with another `dropped`
+    set, of a proxied plain-HTTP request).
 
-    The client's own headers pass unless they belong to the handshake, are blocked or are
-    not in the forward list; X-Forwarded-For gets the client's address (appended to the
-    incoming chain only when that chain is trusted), X-Forwarded-Proto and -Host are set.
+    The client's own headers pass unless they are `dropped`, blocked or not in the forward
+    list (those in `always` need not be in it); X-Forwarded-For gets the client's address
+    (appended to the incoming chain only when that chain is trusted), X-Forwarded-Proto and
+    -Host are set.
     """
     forward_all = "*" in config.forward_headers
     allowed = set(config.forward_headers)
@@ -55,9 +59,9 @@ def backend_request_headers(
         if lname.startswith("x-forwarded-") or lname == "host":
             # A chain split over several header lines is one chain.
             incoming[lname] = f"{incoming[lname]}, {value}" if lname in incoming else value
-        if lname in HANDSHAKE_HEADERS or lname in _WRITTEN_BY_BACKEND_LEG or lname in blocked:
+        if lname in dropped or lname in blocked:
             continue
-        if not forward_all and lname not in allowed:
+        if not forward_all and lname not in allowed and lname not in always:
             continue
         names.setdefault(lname, canonical(name))
         merged.setdefault(lname, []).append(value)

@@ -85,7 +85,6 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         b = self.balancer
-        pool = b.pool
         now = b.clock.seconds()
         active = GaugeMetricFamily(
             "wsbalancer_sessions_active", "Open relayed sessions", labels=["backend"]
@@ -114,8 +113,15 @@ class _StateCollector(Collector):
         picks = CounterMetricFamily(
             "wsbalancer_picks", "Backends chosen for new sessions", labels=["backend"]
         )
-        for backend in pool.backends.values():
+        pools = GaugeMetricFamily(
+            "wsbalancer_backend_pool",
+            "1 for the pool each backend belongs to",
+            labels=["backend", "pool"],
+        )
+        for lane, backend in b.all_backends():
+            pool = lane.pool
             label = [backend.id]
+            pools.add_metric([backend.id, lane.name], 1)
             active.add_metric(label, backend.local_sessions)
             if backend.reported is not None:
                 reported.add_metric(label, backend.reported)
@@ -135,4 +141,4 @@ class _StateCollector(Collector):
         messages.add_metric(["backend_to_client"], totals[1])
         octets.add_metric(["client_to_backend"], totals[2])
         octets.add_metric(["backend_to_client"], totals[3])
-        yield from (active, reported, estimate, up, stale, breaker, picks, messages, octets)
+        yield from (active, reported, estimate, up, stale, breaker, picks, messages, octets, pools)

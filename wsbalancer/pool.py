@@ -57,6 +57,8 @@ class BackendState:
     recent_closes: deque[float] = field(default_factory=deque)
     dialing: int = 0
     local_sessions: int = 0
+    pinned: int = 0  # sessions pinned over plain HTTP whose WebSocket is not open (yet)
+    requests: int = 0  # plain-HTTP requests in flight
     stale: bool = False
     pod: PodInfo | None = None
     last_poll_at: float | None = None
@@ -83,7 +85,8 @@ class BackendState:
     def estimate(self, now: float, count_ttl: float) -> int:
         """Connections on this backend as best known now."""
         fresh = self.reported_at is not None and now - self.reported_at <= count_ttl
-        return self.local_sessions + self.dialing + (self.others if fresh else 0)
+        own = self.local_sessions + self.dialing + self.pinned + self.requests
+        return own + (self.others if fresh else 0)
 
 
 class BackendPool:
@@ -221,8 +224,29 @@ class BackendPool:
     def dial_failed(self, backend: BackendState, counts_against_breaker: bool) -> None:
         """The dial failed; connect errors, timeouts and 5xx count towards the breaker."""
         backend.dialing -= 1
-        if not counts_against_breaker:
-            return
+        if counts_against_breaker:
+            self._failed(backend)
+
+    def request_started(self, backend: BackendState, counted: bool = True) -> None:
+        """A plain-HTTP request went to this backend; it counts while in flight (unless its
+        session is counted already, as a pin)."""
+        if counted:
+            backend.requests += 1
+
+    def request_ended(self, backend: BackendState, failed: bool, counted: bool = True) -> None:
+        """A plain-HTTP request ended; a connect failure or timeout counts towards the breaker,
+        an answer closes it again."""
+        if counted:
+            backend.requests -= 1
+        if failed:
+            self._failed(backend)
+        else:
+            backend.connect_failures = 0
+            if backend.breaker != CLOSED:
+                backend.breaker_opens = 0
+                self._set_breaker(backend, CLOSED)
+
+    def _failed(self, backend: BackendState) -> None:
         backend.connect_failures += 1
         if backend.breaker == HALF_OPEN or (
             backend.breaker == CLOSED and backend.connect_failures >= self.breaker_threshold

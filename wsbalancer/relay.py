@@ -20,12 +20,15 @@ from autobahn.websocket.protocol import WebSocketProtocol
 
 from .compression import forward_compressed, tune_compression
 from .dialer import BackendConnectError, BackendHandshakeError
+from .headers import parse_raw_headers
+from .httpproxy import proxy_site
 from .lean import LeanSend
 from .logs import logger
 from .session import RelaySession, peer_host
 
 if TYPE_CHECKING:
     from .balancer import Balancer
+    from .routing import Lane
 
 _log = logger("wsbalancer.relay")
 
@@ -46,8 +49,13 @@ class FrontendProtocol(LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
     _isMessageCompressed = False  # Autobahn sets it per message
     forwards_compressed = True  # False where hooks may change or drop messages
     _handshake_pending = False
+    lane: Lane | None = None  # the pool the request was routed to
+    http_channel: Any = None  # set when the connection is handed to the HTTP proxy
 
     def dataReceived(self, data: bytes) -> None:
+        if self.http_channel is not None:
+            self.http_channel.dataReceived(data)
+            return
         # Skip Autobahn's per-read debug formatting (its arguments are built even with debug off).
         self._dataReceived(data)
 
@@ -57,6 +65,8 @@ class FrontendProtocol(LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
 
     def connectionLost(self, reason: Any = None) -> None:
         self.factory.client_disconnected(self)
+        if self.http_channel is not None:
+            self.http_channel.connectionLost(reason)
         super().connectionLost(reason)
 
     def processHandshake(self) -> None:
@@ -71,7 +81,43 @@ class FrontendProtocol(LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
         if limit and ((end < 0 and len(self.data) > limit) or end + 4 > limit):
             self.failHandshake("request header fields too large", 431)
             return
+        if end >= 0 and self.lane is None and not self._route(self.data[: end + 4]):
+            return
         super().processHandshake()
+
+    def _route(self, head: bytes) -> bool:
+        """Pick the request's pool; False when the request was answered here (404) or handed
+        to the plain-HTTP proxy."""
+        first, _, _ = head.partition(b"\r\n")
+        parts = first.decode("latin-1").split()
+        if len(parts) != 3:
+            return True  # malformed: Autobahn's 400 says so
+        headers = {name.lower(): value for name, value in parse_raw_headers(head)}
+        lane = self.factory.balancer.route(parts[1], headers.get("host"))
+        if lane is None:
+            path = parts[1].split("?", 1)[0]
+            self.failHandshake(f"no route for {path}", 404)
+            return False
+        upgrade = "websocket" in headers.get("upgrade", "").lower()
+        if not upgrade and lane.config.http:
+            self._become_http()
+            return False
+        self.lane = lane
+        return True
+
+    def _become_http(self) -> None:
+        # From here on, this connection's bytes go to a twisted.web channel, which reads the
+        # request again and proxies it (and any keep-alive requests after it).
+        if self.openHandshakeTimeoutCall is not None:
+            self.openHandshakeTimeoutCall.cancel()
+            self.openHandshakeTimeoutCall = None
+        self.wasClean = True  # no WebSocket close is owed to this client
+        channel = self.factory.http_site().buildProtocol(self.transport.getPeer())
+        channel.totalHeadersSize = self.factory.balancer.config.max_header_bytes or 16384
+        self.http_channel = channel
+        channel.makeConnection(self.transport)
+        data, self.data = self.data, b""
+        channel.dataReceived(data)
 
     def onConnect(self, request: Any) -> Any:
         self._handshake_pending = True
@@ -270,6 +316,13 @@ class RelayFactory(WebSocketServerFactory):
         self.balancer = balancer
         self.noisy = False
         self.per_ip: dict[str, int] = {}  # open client connections by address
+        self._http_site: Any = None
+
+    def http_site(self) -> Any:
+        """The twisted.web site that proxies plain-HTTP requests (built on first use)."""
+        if self._http_site is None:
+            self._http_site = proxy_site(self.balancer)
+        return self._http_site
 
     def client_connected(self, protocol: FrontendProtocol) -> None:
         """Count a client connection against its address."""

@@ -28,6 +28,8 @@ from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
+from .affinity import new_nonce
+from .config import DEFAULT_POOL
 from .dialer import BackendConnectError, BackendHandshakeError, backend_resource
 from .headers import backend_request_headers, parse_raw_headers, pass_back_headers
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from .balancer import Balancer
     from .pool import BackendState
     from .relay import BackendProtocol, FrontendProtocol
+    from .routing import Lane
 
 OPEN = WebSocketProtocol.STATE_OPEN
 CLOSED = WebSocketProtocol.STATE_CLOSED
@@ -94,6 +97,7 @@ class RelaySession:
         "failover_from",
         "leg_opened",
         "quick_failovers",
+        "lane",
     )
 
     def __init__(self, balancer: Balancer, client: FrontendProtocol) -> None:
@@ -123,6 +127,7 @@ class RelaySession:
         self.failover_from: str | None = None
         self.leg_opened = self.started
         self.quick_failovers = 0  # failovers in a row of legs that died young
+        self.lane: Lane = client.lane or balancer.lanes[DEFAULT_POOL]  # the session's pool
 
     # --- opening ------------------------------------------------------------------
 
@@ -132,7 +137,7 @@ class RelaySession:
 
     async def _open(self, request: Any) -> tuple[str | None, dict[str, list[str]]]:
         balancer = self.balancer
-        config = balancer.config
+        config = self.lane.config
         client = self.client
         raw = parse_raw_headers(client.http_request_data)
         is_tls = ISSLTransport.providedBy(client.transport)
@@ -150,8 +155,21 @@ class RelaySession:
             "protocols": list(request.protocols),
             "offer_deflate": offers_deflate,
         }
+        affinity = self.lane.affinity
+        placement = affinity.place(
+            self.lane.pool,
+            {name.lower(): value for name, value in raw},
+            client.http_request_uri,
+            peer_host(client),
+        )
+        if placement.forged:
+            balancer.log.info(
+                "affinity cookie from {peer} does not verify; placed anew", peer=peer_host(client)
+            )
+        # From the dial on, the session counts as a dial (then a session), not as a pin.
+        affinity.release(placement.nonce)
         try:
-            leg = await self._connect(exclude=())
+            leg = await self._connect(exclude=(), prefer=placement.backend)
         except NoBackendError as e:
             balancer.handshake_outcome("backend_refused" if e.status < 500 else "no_backend")
             if e.status >= 500:
@@ -165,27 +183,37 @@ class RelaySession:
         self.subprotocol = leg.websocket_protocol_in_use
         balancer.session_opened(self)
         back = pass_back_headers(parse_raw_headers(leg.http_response_data), config)
+        if affinity.mode == "cookie":
+            state = self.backend_state
+            if state is not None and placement.backend is not state:
+                pin = affinity.set_cookie(state.id, new_nonce(), is_tls)
+                back.setdefault("Set-Cookie", []).append(pin)
         return self.subprotocol, back
 
-    async def _connect(self, exclude: Any, attempt: int = 0) -> BackendProtocol:
-        """Dial usable backends in pick order until one opens; attach it to the session."""
+    async def _connect(
+        self, exclude: Any, attempt: int = 0, prefer: BackendState | None = None
+    ) -> BackendProtocol:
+        """Dial usable backends in pick order until one opens; attach it to the session.
+        `prefer` (the session's pinned backend) is tried first."""
         balancer = self.balancer
-        pool = balancer.pool
+        lane = self.lane
+        pool = lane.pool
         args = self.dial_args
         headers = args["headers"]
         protocols = args["protocols"]
         if attempt:
-            headers = {**headers, balancer.config.reconnect_header: str(attempt)}
+            headers = {**headers, lane.config.reconnect_header: str(attempt)}
             # The client already speaks the subprotocol the first backend chose.
             protocols = [self.subprotocol] if self.subprotocol else []
         tried = list(exclude)
         errors: list[str] = []
         reached = False
-        while (backend := pool.pick(exclude=tried)) is not None:
+        while (backend := _pinned(prefer, tried) or pool.pick(exclude=tried)) is not None:
+            prefer = None
             tried.append(backend.id)
             pool.dial_started(backend)
             balancer.backend_picked(self, backend)
-            self.dial = balancer.dialer.dial(
+            self.dial = lane.dialer.dial(
                 backend.config,
                 backend_resource(backend.config.url, args["uri"]),
                 headers,
@@ -245,7 +273,7 @@ class RelaySession:
 
     def fails_over(self, code: int | None) -> bool:
         """Whether a backend leg ending with `code` (1006: no close frame) is re-dialled."""
-        config = self.balancer.config
+        config = self.lane.config
         return (
             config.failover
             and self.opened
@@ -262,7 +290,7 @@ class RelaySession:
         """A client message while no backend leg is open: keep it, in order."""
         self.held.append((payload, is_binary))
         self.held_bytes += len(payload)
-        if self.held_bytes >= self.balancer.config.failover_buffer:
+        if self.held_bytes >= self.lane.config.failover_buffer:
             transport: Any = self.client.transport
             if transport is not None:
                 transport.pauseProducing()  # hold no more: the client waits, nothing drops
@@ -281,7 +309,7 @@ class RelaySession:
         """The backend leg died under an open client: re-dial elsewhere."""
         state = self.backend_state
         lived = self.balancer.clock.seconds() - self.leg_opened
-        if lived >= self.balancer.config.failover_stable_after:
+        if lived >= self.lane.config.failover_stable_after:
             self.quick_failovers = 0
         self.quick_failovers += 1
         self._detach(leg)
@@ -293,7 +321,7 @@ class RelaySession:
 
     async def _reconnect(self, dead: str | None) -> None:
         balancer = self.balancer
-        config = balancer.config
+        config = self.lane.config
         exclude = [dead] if dead else []
         errors: list[str] = []
         reached = False
@@ -346,7 +374,7 @@ class RelaySession:
         """Forget a dead backend leg: its backend no longer carries this session."""
         if self.backend is leg:
             if self.backend_state is not None:
-                self.balancer.pool.session_closed(self.backend_state)
+                self.lane.pool.session_closed(self.backend_state)
             self.backend = None
             self.backend_state = None
             self.client.partner = None
@@ -432,7 +460,7 @@ class RelaySession:
             return
         self.ended = True
         if self.backend_state is not None:
-            self.balancer.pool.session_closed(self.backend_state)
+            self.lane.pool.session_closed(self.backend_state)
             self.backend_state = None
         self.balancer.session_ended(self)
 
@@ -457,6 +485,14 @@ class RelaySession:
             if code == CLOSE_BAD_GATEWAY:
                 code = CLOSE_GOING_AWAY
             backend.sendCloseFrame(code=code, reasonUtf8=_reason_bytes(code, reason))
+
+
+def _pinned(backend: BackendState | None, tried: list[str]) -> BackendState | None:
+    # A pinned backend is dialled first; once tried, the pick decides.
+    if backend is None or backend.id in tried:
+        return None
+    backend.picks += 1
+    return backend
 
 
 def peer_host(protocol: Any) -> str:

@@ -30,7 +30,7 @@ from zope.interface import implementer
 from . import logs
 from .admin import admin_site
 from .balancer import Balancer
-from .config import Config, ConfigError, load
+from .config import DEFAULT_POOL, Config, ConfigError, load
 from .dialer import tls_options
 from .discovery import DiscoveryService, balancer_discovery
 from .notify import sd_notify
@@ -300,17 +300,20 @@ def build_service(config: Config, reactor: Any) -> BalancerService:
         pool=pool,
         connectTimeout=config.fetch_timeout,
     )
-    poller = CountPoller(
-        balancer.pool,
-        HTTPClient(agent),
-        reactor,
-        config.fetch_timeout,
-        on_result=balancer.poll_result,
+    http_client = HTTPClient(agent)
+    balancer.set_poller_factory(
+        lambda backends: CountPoller(
+            backends,
+            http_client,
+            reactor,
+            config.fetch_timeout,
+            on_result=balancer.poll_result,
+        )
     )
-    timer = TimerService(config.poll_interval, poller.poll_once)
+    timer = TimerService(config.poll_interval, balancer.poll_all)
     timer.clock = reactor
     timer.setServiceParent(top)
-    top.poller = poller
+    top.poller = balancer.lanes[DEFAULT_POOL].poller
 
     discovery = balancer_discovery(balancer, reactor)
     discovery.setServiceParent(top)
