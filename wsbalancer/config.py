@@ -847,7 +847,8 @@ def build(raw: RawConfig, require_backends: bool = True) -> Config:
     for spec in raw.pools:
         merged = RawConfig(values={**raw.values, **spec.values}, backends=spec.backends)
         pools.append(replace(_build_one(merged, True), pool_name=spec.name))
-    names = {DEFAULT_POOL} if config.backends else set()
+    # DNS discovery feeds the default pool, so it exists even with no backend listed yet.
+    names = {DEFAULT_POOL} if config.backends or config.discovery else set()
     names |= {p.pool_name for p in pools}
     seen: dict[str, str] = {b.id: DEFAULT_POOL for b in config.backends}
     for pool in pools:
