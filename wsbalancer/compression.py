@@ -60,8 +60,10 @@ class TunedDeflate(PerMessageDeflate):
     _current: Any = None
     _probe_in = 0
     _probe_out = 0
-    # Receiving: compressed messages started so far, and the current one as it came.
+    # Receiving: compressed messages started so far, and the current one as it came (kept
+    # only on a leg that may forward it: elsewhere nobody takes it and it would linger).
     received = 0
+    keep_raw = False
     _raw: list[bytes] | None = None
     # Sending: the leg whose compressed stream our peer's window holds byte for byte (None
     # until decided, False once it cannot be so), which makes forwarding as received valid.
@@ -86,7 +88,7 @@ class TunedDeflate(PerMessageDeflate):
     def start_decompress_message(self) -> None:
         super().start_decompress_message()
         self.received += 1
-        self._raw = []
+        self._raw = [] if self.keep_raw else None
 
     def decompress_message_data(self, data: bytes, max_output_len: int | None = None) -> bytes:
         raw = self._raw
@@ -132,12 +134,14 @@ class TunedDeflate(PerMessageDeflate):
 
 def tune_compression(protocol: Any, level: int) -> None:
     """Switch a leg's negotiated permessage-deflate to the configured level and to storing
-    large messages that do not compress."""
+    large messages that do not compress; a relay leg that forwards compressed messages
+    (`forwards_compressed`) also keeps each one as it came."""
     pmce = protocol._perMessageCompress
     if type(pmce) is PerMessageDeflate:
         tuned: Any = pmce
         tuned.__class__ = TunedDeflate
         tuned.level = level
+        tuned.keep_raw = getattr(protocol, "forwards_compressed", False)
 
 
 def forward_compressed(source: Any, leg: Any, is_binary: bool) -> bool:

@@ -1,13 +1,9 @@
 // Opens the demo chat page in Debian's chromium, talks through the balancer, reports JSON.
 // Usage: node chat.mjs PAGE_URL SCREENSHOT_PATH
-import { chromium } from "playwright-core";
+import { launchChromium } from "./launch.mjs";
 
 const [pageUrl, screenshot] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"],
-});
+const browser = await launchChromium();
 try {
   const page = await browser.newPage();
   const frames = [];

@@ -1,14 +1,10 @@
 // Opens the admin dashboard in Debian's chromium, connects a WebSocket client through the
 // balancer from another page, and reports what the dashboard showed, as JSON.
 // Usage: node dashboard.mjs DASHBOARD_URL WS_URL SCREENSHOT_PATH
-import { chromium } from "playwright-core";
+import { launchChromium } from "./launch.mjs";
 
 const [dashboardUrl, wsUrl, screenshot] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"],
-});
+const browser = await launchChromium();
 try {
   const page = await browser.newPage();
   const dialogs = [];

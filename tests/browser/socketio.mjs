@@ -1,13 +1,9 @@
 // Opens a Socket.IO page served through the balancer in Debian's chromium; reports JSON.
 // Usage: node socketio.mjs PAGE_URL SCREENSHOT_PATH
-import { chromium } from "playwright-core";
+import { launchChromium } from "./launch.mjs";
 
 const [pageUrl, screenshot] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"],
-});
+const browser = await launchChromium();
 try {
   const page = await browser.newPage();
   await page.goto(pageUrl);
