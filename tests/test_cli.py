@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -190,8 +193,21 @@ def test_json_log_format_writes_one_json_object_per_line() -> None:
             env=_env(),
         )
         children.append(balancer)
-        wait_port(port, process=balancer)
+        # The ports are bound before the reactor runs and logs its start line, so wait for
+        # that line (read on a thread, bounded) rather than for the port: a SIGTERM before
+        # the reactor installs its handlers kills twistd before anything is written.
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(x) for x in balancer.stdout or ()])
+        reader.start()
+        seen: list[str] = []
+        deadline = time.monotonic() + 30
+        while not any("wsbalancer relaying" in line for line in seen):
+            seen.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
         balancer.terminate()
-        output = balancer.communicate(timeout=30)[0]
-    events = [jsonlib.loads(line.strip("\x1e")) for line in output.splitlines() if line.strip()]
+        balancer.wait(timeout=30)
+        reader.join(timeout=30)
+        while not lines.empty():
+            seen.append(lines.get())
+    events = [jsonlib.loads(line.strip().strip("\x1e")) for line in seen if line.strip()]
     assert any("wsbalancer relaying" in e.get("log_format", "") for e in events)
+    assert all(isinstance(e, dict) for e in events)
