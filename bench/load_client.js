@@ -212,6 +212,9 @@ async function echo() {
   const msg = payload(size, binary);
   const warmup = (spec.warmup || 0.5) * 1000;
   const duration = spec.duration * 1000;
+  // Paced: `rate` messages per second in total, spread round-robin over the connections,
+  // each sent on schedule whether or not earlier ones were answered (an open-loop load).
+  const rate = spec.rate || 0;
 
   const lat = new Float64Array(spec.max_latency_samples || 2000000);
   let latN = 0;
@@ -226,9 +229,10 @@ async function echo() {
   let outstanding = 0;
 
   const sockets = [];
-  // open all connections first (bounded by the handshake timeout)
+  // open all connections first (bounded by the handshake timeout), at most 100 at a time
+  for (let first = 0; first < conns; first += 100) {
   await Promise.all(
-    Array.from({ length: conns }, (_, i) =>
+    Array.from({ length: Math.min(100, conns - first) }, (_, k) => first + k).map((i) =>
       new Promise((resolve) => {
         const ws = connect(urls[i % urls.length]);
         ws.binaryType = 'nodebuffer';
@@ -261,7 +265,7 @@ async function echo() {
             echoes += 1;
             if (latN < lat.length) lat[latN++] = now() - t0;
           }
-          if (sending) {
+          if (sending && !rate) {
             ws.sentAt.push(now());
             outstanding += 1;
             ws.send(msg, { binary });
@@ -270,13 +274,32 @@ async function echo() {
       })
     )
   );
+  }
   const opened = sockets.length;
 
-  for (const ws of sockets) {
-    for (let k = 0; k < inflight; k++) {
-      ws.sentAt.push(now());
-      outstanding += 1;
-      ws.send(msg, { binary });
+  let pacer = null;
+  if (rate) {
+    const start = now();
+    let sent = 0;
+    let next = 0;
+    pacer = setInterval(() => {
+      if (!sending || !sockets.length) return;
+      const due = Math.floor(((now() - start) * rate) / 1000);
+      for (; sent < due; sent++) {
+        const ws = sockets[next++ % sockets.length];
+        if (ws.readyState !== 1) continue;
+        ws.sentAt.push(now());
+        outstanding += 1;
+        ws.send(msg, { binary });
+      }
+    }, 1);
+  } else {
+    for (const ws of sockets) {
+      for (let k = 0; k < inflight; k++) {
+        ws.sentAt.push(now());
+        outstanding += 1;
+        ws.send(msg, { binary });
+      }
     }
   }
   await sleep(warmup);
@@ -287,6 +310,7 @@ async function echo() {
   measuring = false;
   const counted = echoes;
   sending = false;
+  if (pacer) clearInterval(pacer);
   // drain what is still in flight, bounded
   const drainUntil = now() + 5000;
   while (outstanding > 0 && now() < drainUntil) await sleep(20);
@@ -301,6 +325,7 @@ async function echo() {
     conns,
     opened,
     inflight,
+    rate,
     size,
     binary,
     echoes: counted,

@@ -1,6 +1,7 @@
 """Autobahn TestSuite RFC 6455 cases through the balancer, on every leg (real processes,
 the real fuzzer), exactly as `wsbalancer-conformance` runs them: all 517 cases (1.* to 13.*)
-on the client leg with a compressing and with a plain backend and on the backend leg (the
+on the client leg with a compressing and with a plain backend, through the splice fast
+path, and on the backend leg (the
 fuzzing server as the backend), plus the TLS subset through an `ssl:` frontend. Every case
 must be OK, NON-STRICT or INFORMATIONAL, none missing; the allow-list must stay empty.
 """
@@ -39,3 +40,11 @@ def test_client_leg_with_a_compressing_backend_and_the_backend_leg() -> None:
     assert main(["--out", str(OUT), "--legs", "client,backend"]) == 0
     _check("client", GROUPS, 517)
     _check("backend", GROUPS, 517)
+
+
+@pytest.mark.timeout(3600)
+def test_client_leg_through_the_splice_fast_path() -> None:
+    # Spliced, frames reach Autobahn's echo backend as the fuzzer sent them: each verdict
+    # shows the splice kept every frame whole and in order, and let the backend judge it.
+    assert main(["--out", str(OUT), "--legs", "client-splice"]) == 0
+    _check("client-splice", GROUPS, 517)

@@ -9,12 +9,14 @@ from importlib import resources
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet.defer import ensureDeferred
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from .admin_api import AdminApi
+from .admin_api import AdminApi, finish_later
 from .balancer import Balancer
+from .worker_metrics import merge_balancer_metrics, merge_prometheus
 
 
 def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
@@ -122,6 +124,30 @@ class JSONResource(Resource):
         return json.dumps(document, indent=1).encode("utf-8") + b"\n"
 
 
+class MergedMetricsResource(Resource):
+    """The JSON metrics of the master merged with its workers'."""
+
+    isLeaf = True
+
+    def __init__(self, balancer: Balancer, workers: Any, path: str) -> None:
+        super().__init__()
+        self.balancer = balancer
+        self.workers = workers
+        self.path = path
+
+    def render_GET(self, request: Request) -> Any:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+
+        async def answer() -> bytes:
+            answers = await self.workers.gather(self.path)
+            others = [(i, json.loads(body)) for i, body in answers]
+            merged = merge_balancer_metrics(balancer_metrics(self.balancer), others)
+            return json.dumps(merged, indent=1).encode("utf-8") + b"\n"
+
+        return finish_later(request, ensureDeferred(answer()))
+
+
 class IndexResource(Resource):
     """Plain-text list of the admin endpoints."""
 
@@ -167,13 +193,22 @@ class PrometheusResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, registry: Any) -> None:
+    def __init__(self, registry: Any, workers: Any = None) -> None:
         super().__init__()
         self.registry = registry
+        self.workers = workers  # with worker processes, their series are summed in
 
-    def render_GET(self, request: Request) -> bytes:
+    def render_GET(self, request: Request) -> Any:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self.registry)
+        own = generate_latest(self.registry)
+        if self.workers is None:
+            return own
+
+        async def answer() -> bytes:
+            answers = await self.workers.gather("/metrics")
+            return merge_prometheus([own, *(body for _, body in answers)])
+
+        return finish_later(request, ensureDeferred(answer()))
 
 
 class _Folder(Resource):
@@ -196,7 +231,7 @@ def _put(root: Resource, path: str, resource: Any) -> None:
     node.putChild(leaf, resource)
 
 
-def admin_site(balancer: Balancer, frontends: Any = None) -> Site:
+def admin_site(balancer: Balancer, frontends: Any = None, workers: Any = None) -> Site:
     """The twisted.web site of the admin endpoint."""
     root = _Folder()
     metric_path = "/" + balancer.config.balancer_metric_path.strip("/")
@@ -209,9 +244,12 @@ def admin_site(balancer: Balancer, frontends: Any = None) -> Site:
         "/api/ (REST, see /api/openapi.json)",
     ]
     root.putChild(b"", IndexResource(paths))
-    _put(root, metric_path, JSONResource(lambda: (200, balancer_metrics(balancer))))
-    root.putChild(b"metrics", PrometheusResource(balancer.metrics.registry))
-    root.putChild(b"api", AdminApi(balancer, frontends))
+    if workers is None:
+        _put(root, metric_path, JSONResource(lambda: (200, balancer_metrics(balancer))))
+    else:
+        _put(root, metric_path, MergedMetricsResource(balancer, workers, metric_path))
+    root.putChild(b"metrics", PrometheusResource(balancer.metrics.registry, workers))
+    root.putChild(b"api", AdminApi(balancer, frontends, workers))
     root.putChild(b"dashboard", DashboardResource(metric_path))
     root.putChild(b"healthz", JSONResource(lambda: (200, {"status": "ok"})))
 

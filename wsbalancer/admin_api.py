@@ -17,11 +17,13 @@ from dataclasses import replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from .config import DEFAULT_POOL, ConfigError, _BackendSpec, _build_backend
 from .logs import logger
+from .workers import session_owner
 
 if TYPE_CHECKING:
     from .balancer import Balancer
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
 _log = logger("wsbalancer.admin")
 MAX_BODY = 64 * 1024
-_DIGITS = re.compile(r"[0-9]{1,9}")  # str.isdigit() also takes "²", which int() refuses
+_DIGITS = re.compile(r"[0-9]{1,15}")  # str.isdigit() also takes "²", which int() refuses
 
 
 class ApiError(Exception):
@@ -98,12 +100,13 @@ class AdminApi(Resource):
 
     isLeaf = True
 
-    def __init__(self, balancer: Balancer, frontends: Any = None) -> None:
+    def __init__(self, balancer: Balancer, frontends: Any = None, workers: Any = None) -> None:
         super().__init__()
         self.balancer = balancer
         self.frontends = frontends  # pause()/resume()/paused, from the service
+        self.workers = workers  # the other worker processes (workers.py), if any
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> Any:
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         method = request.method.decode("ascii", "replace")
@@ -112,6 +115,13 @@ class AdminApi(Resource):
             if parts == ["openapi.json"] and method == "GET":
                 return openapi_document()
             self._authorize(request, mutating=method != "GET")
+            if self.workers is not None and parts[:1] == ["sessions"]:
+                if len(parts) >= 2 and _DIGITS.fullmatch(parts[1]):
+                    owner = session_owner(int(parts[1]))
+                    if owner:  # another worker's session: its answer is the answer
+                        return self._from_worker(request, owner, method)
+                elif len(parts) == 1 and method == "GET":
+                    return self._all_sessions(request)
             status, document = self._route(method, parts, request)
         except ApiError as e:
             status, document = e.status, {"error": e.error, "reason": e.reason}
@@ -123,7 +133,42 @@ class AdminApi(Resource):
             _log.failure("admin API call {method} {path} failed", method=method, path=request.path)
             status, document = 500, {"error": "internal", "reason": "see the balancer's log"}
         request.setResponseCode(status)
-        return json.dumps(document, indent=1).encode() + b"\n"
+        body = json.dumps(document, indent=1).encode() + b"\n"
+        if (
+            self.workers is not None
+            and method != "GET"
+            and status < 300
+            and parts[:1] in (["backends"], ["frontends"])
+        ):
+            # The same change on every worker before the caller hears it is done.
+            changed = ensureDeferred(
+                self.workers.broadcast(method, _uri(request), _body_of(request), _auth(request))
+            )
+            return finish_later(request, changed.addCallback(lambda _: body))
+        return body
+
+    def _from_worker(self, request: Request, owner: int, method: str) -> Any:
+        async def answer() -> bytes:
+            if owner not in self.workers.ready_workers():
+                request.setResponseCode(404)
+                return b'{"error": "not_found", "reason": "no such session"}\n'
+            status, body = await self.workers.call(
+                owner, method, _uri(request), _body_of(request), _auth(request)
+            )
+            request.setResponseCode(status)
+            return body
+
+        return finish_later(request, ensureDeferred(answer()))
+
+    def _all_sessions(self, request: Request) -> Any:
+        _, own = self.list_sessions(request)
+
+        async def answer() -> bytes:
+            for _, body in await self.workers.gather(_uri(request), _auth(request)):
+                own["sessions"] += json.loads(body).get("sessions", [])
+            return json.dumps(own, indent=1).encode() + b"\n"
+
+        return finish_later(request, ensureDeferred(answer()))
 
     def _authorize(self, request: Request, mutating: bool) -> None:
         config = self.balancer.config
@@ -364,6 +409,46 @@ class AdminApi(Resource):
             raise ApiError(409, "conflict", "no frontends to resume")
         self.frontends.resume()
         return 200, {"paused": False}
+
+
+def finish_later(request: Request, answer: Deferred[Any]) -> Any:
+    """Write what `answer` fires with (bytes) and finish, unless the client has left."""
+    gone: list[bool] = []
+    request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+    def write(body: bytes) -> None:
+        if not gone:
+            request.write(body)
+            request.finish()
+
+    def failed(failure: Any) -> None:
+        _log.failure("admin request {path} failed", failure, path=request.path)
+        if not gone:
+            request.setResponseCode(500)
+            write(b'{"error": "internal", "reason": "see the balancer\'s log"}\n')
+
+    answer.addCallback(write).addErrback(failed)
+    return NOT_DONE_YET
+
+
+def _uri(request: Request) -> str:
+    return request.uri.decode("utf-8", "replace")
+
+
+def _body_of(request: Request) -> bytes:
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    return content.read(MAX_BODY + 1)
+
+
+def _auth(request: Request) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    token = request.getHeader(b"authorization")
+    if token:
+        headers["Authorization"] = token.decode("latin-1")
+    return headers
 
 
 def openapi_document() -> bytes:

@@ -420,7 +420,9 @@ class Balancer:
     def sweep_idle(self) -> None:
         """Close sessions that carried no message for a whole idle period (1001)."""
         for session in list(self.sessions.values()):
-            mark = session.msgs_in + session.msgs_out
+            # Bytes count too: a spliced session counts a message only when its last frame
+            # has begun, so a long one in progress is not idle.
+            mark = session.msgs_in + session.msgs_out + session.bytes_in + session.bytes_out
             if session.idle_mark == mark:
                 session.terminate(1001, "idle timeout")
             session.idle_mark = mark

@@ -135,6 +135,8 @@ class Config:
     compression: bool = True
     backend_compression: str = "off"
     compression_level: int = 1
+    workers: int = 1  # processes sharing the listening sockets (workers.py)
+    relay_mode: str = "message"  # or "splice": frames forwarded as they are (splice.py)
     drain_period: float = 10.0
     removed_sessions: str = "drain"
     failover: bool = True
@@ -256,6 +258,18 @@ def parse_positive_int(value: Any) -> int:
     number = parse_int(value)
     if number < 1:
         raise ValueError(f"must be at least 1, got {value!r}")
+    return number
+
+
+def parse_workers(value: Any) -> int:
+    """`auto` (one per core) or a number of processes, 1 to 256."""
+    if str(value).strip().lower() == "auto":
+        from .workers import cpu_count
+
+        return cpu_count()
+    number = parse_positive_int(value)
+    if number > 256:
+        raise ValueError(f"at most 256 worker processes, got {value!r}")
     return number
 
 
@@ -487,6 +501,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "limits.max_header_bytes": (parse_size, "max_header_bytes"),
     "limits.max_connections": (parse_int, "max_connections"),
     "limits.max_connections_per_ip": (parse_int, "max_connections_per_ip"),
+    "workers": (parse_workers, "workers"),
     "headers.forward": (parse_header_list, "forward_headers"),
     "headers.block": (parse_header_list, "block_headers"),
     "headers.pass_back": (parse_header_list, "pass_back_headers"),
@@ -499,6 +514,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "compression.client": (parse_bool, "compression"),
     "compression.backend": (_enum(("off", "mirror")), "backend_compression"),
     "compression.level": (parse_compression_level, "compression_level"),
+    "relay.mode": (_enum(("message", "splice")), "relay_mode"),
     "shutdown.drain_period": (parse_duration, "drain_period"),
     "reload.removed_sessions": (_enum(("drain", "failover")), "removed_sessions"),
     "failover.enabled": (parse_bool, "failover"),
@@ -545,6 +561,7 @@ POOL_KEY_PREFIXES = (
     "headers.",
     "tls.",
     "compression.backend",
+    "relay.",
     "reload.",
     "failover.",
     "affinity.",

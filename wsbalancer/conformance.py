@@ -8,6 +8,9 @@ Legs (each in its own report folder, every process separate as in production):
   in its default configuration (it still offers compression to the client and translates);
 - `client-tls`: a subset over `wss://`, the balancer listening on an `ssl:` endpoint with a
   certificate made for the run;
+- `client-splice`: the `client` leg with the pool in splice mode (`relay.mode: splice`):
+  frames pass byte-for-byte and the echo backend (Autobahn's own) is what is judged, so this
+  leg shows the splice neither corrupts, reorders nor truncates anything;
 - `backend`: the fuzzing *server* is the backend, and a testee client that echoes drives each
   case through the balancer, so every verdict judges the balancer's backend leg.
 
@@ -62,7 +65,7 @@ ALL_CASES = [f"{g}.*" for g in SUITE_GROUPS]
 # Over TLS: framing, pings, fragmentation, closes, large messages, and compression at sizes
 # that stay well inside kosoku's 30 s per case.
 TLS_CASES = ["1.*", "2.*", "5.*", "7.*", "9.1.*", *(f"12.1.{n}" for n in range(1, 10))]
-LEGS = ("client", "client-plain-backend", "client-tls", "backend")
+LEGS = ("client", "client-plain-backend", "client-tls", "client-splice", "backend")
 
 # The cases that echo 1,000 compressed messages of 128 KiB (12.*.10, 12.*.14-18; the 14-17
 # ones in frames of 256 B to 4 KiB) take 10-20 s each even alone, against the 30 s kosoku
@@ -348,10 +351,12 @@ def run_client_leg(
     runner_cmd: str | None = None,
     backend_compression: bool = True,
     tls: bool = False,
+    extra_settings: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Fuzzing client -> balancer -> echo backend; returns the summary."""
     outdir.mkdir(parents=True, exist_ok=True)
     settings = ["compression.backend=mirror"] if backend_compression else []
+    settings += extra_settings
     with open(outdir / "processes.log", "w") as log, processes() as children:
         certificate = make_certificate(outdir) if tls else None
         backend = start_echo_backend(children, backend_compression, log)
@@ -517,6 +522,15 @@ def run_legs(
             groups = {c.split(".")[0] for c in cases}
             subset = [c for c in TLS_CASES if c.split(".")[0] in groups] or TLS_CASES
             summary = run_client_leg(out / leg, subset, parallel, runner, runner_cmd, tls=True)
+        elif leg == "client-splice":
+            summary = run_client_leg(
+                out / leg,
+                cases,
+                parallel,
+                runner,
+                runner_cmd,
+                extra_settings=("relay.mode=splice",),
+            )
         elif leg == "backend":
             summary = run_backend_leg(out / leg, cases, parallel)
         else:

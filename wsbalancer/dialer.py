@@ -198,7 +198,7 @@ class BackendDialer:
         headers: dict[str, str],
         origin: str | None,
         protocols: list[str],
-        offer_deflate: bool,
+        offer_deflate: bool | list[Any],
         session: Any,
     ) -> defer.Deferred[Any]:
         """Open the backend leg; fires with the open protocol, or fails with
@@ -209,7 +209,11 @@ class BackendDialer:
         factory.headers = headers
         factory.origin = origin
         factory.protocols = protocols
-        factory.perMessageCompressionOffers = [PerMessageDeflateOffer()] if offer_deflate else []
+        if isinstance(offer_deflate, list):
+            offers = offer_deflate  # the client's own offers, for a spliced session
+        else:
+            offers = [PerMessageDeflateOffer()] if offer_deflate else []
+        factory.perMessageCompressionOffers = offers
         dial = BackendDial()
         dial.session = session  # type: ignore[attr-defined]
         connecting = endpoint().connect(_DialFactory(factory, dial))

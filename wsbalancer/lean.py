@@ -101,8 +101,16 @@ class LeanSend:
 
     transport: Any
     send_queue: Any
+    # Spliced sessions (splice.py): the direction reading this leg, and the one writing
+    # to it, whose half-written frame this leg's own frames must wait for.
+    splice_out: Any = None
+    splice_in: Any = None
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        splice = self.splice_in
+        if splice is not None and splice.mid_frame():
+            splice.hold_write(self.transport, data)
+            return
         if sync or chopsize or self.send_queue:
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
         else:

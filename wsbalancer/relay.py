@@ -53,6 +53,10 @@ class FrontendProtocol(LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
     http_channel: Any = None  # set when the connection is handed to the HTTP proxy
 
     def dataReceived(self, data: bytes) -> None:
+        splice = self.splice_out
+        if splice is not None:
+            splice.feed(data)
+            return
         if self.http_channel is not None:
             self.http_channel.dataReceived(data)
             return
@@ -210,6 +214,10 @@ class BackendProtocol(LeanSend, WebSocketClientProtocol):  # type: ignore[misc]
     handshake_reason = ""
 
     def dataReceived(self, data: bytes) -> None:
+        splice = self.splice_out
+        if splice is not None:
+            splice.feed(data)
+            return
         self._dataReceived(data)
 
     def onOpen(self) -> None:

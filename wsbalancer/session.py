@@ -32,6 +32,14 @@ from .affinity import new_nonce
 from .config import DEFAULT_POOL
 from .dialer import BackendConnectError, BackendHandshakeError, backend_resource
 from .headers import backend_request_headers, parse_raw_headers, pass_back_headers
+from .splice import (
+    attach_backend,
+    client_offers,
+    engage,
+    fails_over_cleanly,
+    mirror_accept,
+    splice_compatible,
+)
 
 if TYPE_CHECKING:
     from .balancer import Balancer
@@ -98,6 +106,7 @@ class RelaySession:
         "leg_opened",
         "quick_failovers",
         "lane",
+        "spliced",
     )
 
     def __init__(self, balancer: Balancer, client: FrontendProtocol) -> None:
@@ -117,7 +126,7 @@ class RelaySession:
         self.closed_by = ""
         self.idle_mark = -1
         self.dial_args: dict[str, Any] = {}
-        self.held: deque[tuple[bytes, bool]] = deque()
+        self.held: deque[tuple[bytes, bool | None]] = deque()
         self.held_bytes = 0
         self.reconnecting = False
         self.reconnects = 0
@@ -128,6 +137,7 @@ class RelaySession:
         self.leg_opened = self.started
         self.quick_failovers = 0  # failovers in a row of legs that died young
         self.lane: Lane = client.lane or balancer.lanes[DEFAULT_POOL]  # the session's pool
+        self.spliced = False  # frames forwarded as they are (splice.py)
 
     # --- opening ------------------------------------------------------------------
 
@@ -143,11 +153,17 @@ class RelaySession:
         is_tls = ISSLTransport.providedBy(client.transport)
         # The backend leg is offered compression only when asked to mirror the client's:
         # on a data-centre link it mostly costs CPU on both ends.
-        offers_deflate = (
+        offers_deflate: bool | list[Any] = (
             config.compression
             and config.backend_compression == "mirror"
             and any(name == "permessage-deflate" for name, _ in request.extensions)
         )
+        splicing = self.wants_splice()
+        if splicing:
+            # The backend gets the client's own offers, and the client is then granted
+            # exactly what the backend accepted: equal terms on both legs let frames pass
+            # as they are.
+            offers_deflate = client_offers(request.extensions) if config.compression else []
         self.dial_args = {
             "uri": client.http_request_uri,
             "headers": backend_request_headers(raw, config, peer_host(client), is_tls),
@@ -181,6 +197,8 @@ class RelaySession:
             self._end_backend(CLOSE_GOING_AWAY, "client went away")
             raise ConnectionDeny(499, "client went away")
         self.subprotocol = leg.websocket_protocol_in_use
+        if splicing:
+            client.perMessageCompressionAccept = mirror_accept(leg)  # type: ignore[attr-defined]
         balancer.session_opened(self)
         back = pass_back_headers(parse_raw_headers(leg.http_response_data), config)
         if affinity.mode == "cookie":
@@ -253,6 +271,13 @@ class RelaySession:
                 self.backend, self.backend_state = leg, backend
                 self._drop_backend_leg(leg, "subprotocol mismatch")
                 continue
+            if self.spliced and not splice_compatible(self.client, leg):
+                errors.append(f"{backend.id}: negotiated other extensions than the client's")
+                reached = True
+                leg.session = self
+                self.backend, self.backend_state = leg, backend
+                self._drop_backend_leg(leg, "extensions differ")
+                continue
             self.backend, self.backend_state = leg, backend
             self.leg_opened = balancer.clock.seconds()
             leg.session = self
@@ -268,6 +293,12 @@ class RelaySession:
         self.balancer.handshake_outcome("ok")
         if self.backend is not None:
             _pair_flow(self.client, self.backend)
+            if self.wants_splice():
+                engage(self)
+
+    def wants_splice(self) -> bool:
+        """Whether this session's pool forwards frames as they are (hooks need messages)."""
+        return self.lane.config.relay_mode == "splice" and not self.balancer.hooks
 
     # --- failover -------------------------------------------------------------------
 
@@ -284,10 +315,19 @@ class RelaySession:
             # client in a loop of reconnects: after this many quick deaths in a row, the
             # backend's close is passed on. A leg that lived `stable_after` resets the count.
             and self.quick_failovers < config.failover_max_consecutive
+            and (not self.spliced or self._splice_fails_over())
         )
 
-    def hold(self, payload: bytes, is_binary: bool) -> None:
-        """A client message while no backend leg is open: keep it, in order."""
+    def _splice_fails_over(self) -> bool:
+        # A backend that was midway through a message cannot be replaced: the client
+        # would get the rest of it from nowhere.
+        leg = self.backend
+        inward = leg.splice_out if leg is not None else None
+        return fails_over_cleanly(self.client) and (inward is None or inward.at_boundary())
+
+    def hold(self, payload: bytes, is_binary: bool | None) -> None:
+        """A client message while no backend leg is open: keep it, in order (`is_binary`
+        None: raw frames of a spliced session)."""
         self.held.append((payload, is_binary))
         self.held_bytes += len(payload)
         if self.held_bytes >= self.lane.config.failover_buffer:
@@ -344,6 +384,8 @@ class RelaySession:
                 return
             self.reconnects += 1
             self.reconnecting = False
+            if self.spliced:
+                attach_backend(self, self.backend)
             self._flush_held()
             _pair_flow(self.client, self.backend)
             balancer.failover_done(self, None)
@@ -363,6 +405,9 @@ class RelaySession:
         assert leg is not None
         while self.held:
             payload, is_binary = self.held.popleft()
+            if is_binary is None:  # frames of a spliced session, as the client sent them
+                leg.transport.write(payload)
+                continue
             self.unanswered += 1
             leg.sendMessage(payload, is_binary)
         self.held_bytes = 0
@@ -378,6 +423,9 @@ class RelaySession:
             self.backend = None
             self.backend_state = None
             self.client.partner = None
+            outward = self.client.splice_out
+            if outward is not None:
+                outward.backend_lost()
             client_transport: Any = self.client.transport
             if client_transport is not None:
                 try:
@@ -432,6 +480,14 @@ class RelaySession:
             return
         if failure_code is None and not was_clean and self.fails_over(NO_CLOSE_FRAME):
             self.backend_failed(leg, "backend connection lost")
+            return
+        inward = leg.splice_out
+        if inward is not None and inward.mid_frame():
+            # The client was midway through one of this backend's frames: no close frame
+            # can follow it, so the client connection is dropped (it sees 1006).
+            self._record(NO_CLOSE_FRAME, b"backend lost mid-frame", "backend")
+            self.client.dropConnection(abort=True)
+            self._finish_when_closed()
             return
         if failure_code == CLOSE_TOO_BIG:
             code, reason = CLOSE_TOO_BIG, b"backend message too big"

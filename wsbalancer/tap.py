@@ -36,6 +36,7 @@ from .discovery import DiscoveryService, balancer_discovery
 from .notify import sd_notify
 from .poller import CountPoller
 from .tlsreload import reload_certificates, server_endpoint
+from .workers import WorkerPool
 
 log = logs.logger("wsbalancer")
 
@@ -167,6 +168,7 @@ class BalancerService(MultiService):
         # Where a reload reads the configuration again (set by makeService); SIGHUP reloads.
         self.reload_source: Callable[[], Config] | None = None
         self.clock: Any = balancer.clock
+        self.workers: WorkerPool | None = None  # the other worker processes (workers.py)
 
     def privilegedStartService(self) -> None:
         # twistd binds ports here, before it drops privileges.
@@ -193,7 +195,7 @@ class BalancerService(MultiService):
             signal.signal(signal.SIGHUP, self._on_sighup)
         log.info(
             "wsbalancer relaying {listen} to {backends} ({strategy}); admin on {admin}",
-            listen=", ".join(config.listen),
+            listen=", ".join(config.listen) or "the master's listening sockets",
             backends=", ".join(f"{b.id}={b.url}" for b in config.backends),
             strategy=config.strategy,
             admin=config.admin_listen,
@@ -206,6 +208,8 @@ class BalancerService(MultiService):
         """Re-read ssl: certificates, then the configuration and apply it; an invalid
         configuration changes nothing (the certificates are reloaded either way)."""
         certificates = reload_certificates(self.listeners)
+        if self.workers is not None:
+            self.workers.signal_all("HUP")  # each worker re-reads the same sources
         if self.reload_source is None:
             return certificates
         try:
@@ -227,11 +231,14 @@ class BalancerService(MultiService):
     async def _drain_and_stop(self) -> None:
         balancer = self.balancer
         sd_notify("STOPPING=1")
+        period = balancer.config.drain_period
+        workers = None
+        if self.workers is not None:  # they drain alongside this process
+            workers = ensureDeferred(self.workers.drain(period + balancer.config.close_timeout + 5))
         balancer.drain()
         for listener in self.listeners:
             await maybeDeferred(listener.stopService)
         sessions = list(balancer.sessions.values())
-        period = balancer.config.drain_period
         if sessions:
             log.info("draining {n} sessions over {period:g}s", n=len(sessions), period=period)
         # Spread the closes so clients do not all reconnect elsewhere in one wave.
@@ -247,6 +254,8 @@ class BalancerService(MultiService):
         for call in calls:
             if call.active():
                 call.cancel()
+        if workers is not None:
+            await workers
         await super().stopService()
 
 
@@ -279,8 +288,13 @@ class ListenerService(StreamServerEndpointService):
         return result
 
 
-def build_service(config: Config, reactor: Any) -> BalancerService:
-    """The whole balancer as a MultiService, for twistd or for embedding."""
+def build_service(
+    config: Config, reactor: Any, worker_spec: dict[str, Any] | None = None
+) -> BalancerService:
+    """The whole balancer as a MultiService, for twistd or for embedding.
+
+    With `workers` above 1, `worker_spec` says where worker processes load the
+    configuration from (`{"config": path, "overrides": [...], "backends": [...]}`)."""
     logs.set_level(config.log_level)
     balancer = Balancer(config, reactor)
     top = BalancerService(balancer)
@@ -289,6 +303,8 @@ def build_service(config: Config, reactor: Any) -> BalancerService:
         listener = ListenerService(reactor, description, factory)
         listener.setServiceParent(top)
         top.listeners.append(listener)
+    if config.workers > 1 and worker_spec is not None and config.listen:
+        top.workers = WorkerPool(top, config.workers, worker_spec, reactor)
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = _QuietHTTPFactory
@@ -325,10 +341,12 @@ def build_service(config: Config, reactor: Any) -> BalancerService:
         sweeper.setServiceParent(top)
 
     admin = ListenerService(
-        reactor, config.admin_listen, admin_site(balancer, Frontends(top.listeners))
+        reactor, config.admin_listen, admin_site(balancer, Frontends(top.listeners), top.workers)
     )
     admin.setServiceParent(top)
     top.admin = admin
+    if top.workers is not None:
+        top.workers.setServiceParent(top)  # last: the listening sockets exist by then
     return top
 
 
@@ -341,7 +359,12 @@ def makeService(options: Options, reactor: Any = None) -> BalancerService:
     config = options.loaded
     if config is None:
         config = load(options["config"], overrides=options.overrides(), backends=options["backend"])
-    service = build_service(config, reactor)
+    spec = {
+        "config": options["config"],
+        "overrides": options.overrides(),
+        "backends": options["backend"],
+    }
+    service = build_service(config, reactor, spec)
     service.exit_on_listen_error = True
     service.reload_source = lambda: load(
         options["config"], overrides=options.overrides(), backends=options["backend"]
