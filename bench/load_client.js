@@ -55,22 +55,47 @@ const now = () => performance.now();
 
 // ---------------------------------------------------------------- /proc sampling
 
+// A watched process and its child processes (wsbalancer's worker processes): their
+// figures are added up, so a proxy that forks is measured whole.
+function family(pid) {
+  const pids = [pid];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^[0-9]+$/.test(entry) || Number(entry) === pid) continue;
+    try {
+      const s = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+      if (Number(f[1]) === pid) pids.push(Number(entry)); // its parent is the proxy
+    } catch (e) {
+      // ended meanwhile
+    }
+  }
+  return pids;
+}
+
+function oneProcTicks(pid) {
+  const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+  // fields after "pid (comm) ": state=0 ... utime=11, stime=12
+  return Number(f[11]) + Number(f[12]);
+}
+
 function procTicks(pid) {
   try {
-    const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    // fields after "pid (comm) ": state=0 ... utime=11, stime=12
-    return Number(f[11]) + Number(f[12]);
+    return family(pid).reduce((sum, p) => sum + oneProcTicks(p), 0);
   } catch (e) {
     return null;
   }
 }
 
+function oneRssKiB(pid) {
+  const s = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = /VmRSS:\s+(\d+)\s+kB/.exec(s);
+  return m ? Number(m[1]) : 0;
+}
+
 function procRssKiB(pid) {
   try {
-    const s = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-    const m = /VmRSS:\s+(\d+)\s+kB/.exec(s);
-    return m ? Number(m[1]) : null;
+    return family(pid).reduce((sum, p) => sum + oneRssKiB(p), 0);
   } catch (e) {
     return null;
   }

@@ -38,12 +38,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-MODES = ("direct", "wsbalancer", "wsbalancer-splice", "haproxy")
+MODES = (
+    "direct",
+    "wsbalancer",
+    "wsbalancer-splice",
+    "wsbalancer-workers",
+    "wsbalancer-splice-workers",
+    "haproxy",
+)
 NOFILE_WANTED = 65536
 
 
@@ -326,6 +334,10 @@ class WsBalancer(Proxy):
     listen_extra = ""  # e.g. ":backlog=1024" (--wsb-backlog)
     settings: tuple[str, ...] = ()
 
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.admin_port = free_port()
+
     def command(self, backends: list[Backend]) -> tuple[list[str], dict[str, str]]:
         twistd = Path(sys.executable).with_name("twistd")
         base = [str(twistd)] if twistd.exists() else [sys.executable, "-m", "twisted"]
@@ -337,7 +349,7 @@ class WsBalancer(Proxy):
             "--listen",
             f"tcp:{self.port}:interface=127.0.0.1{self.listen_extra}",
             "--admin-listen",
-            f"tcp:{free_port()}:interface=127.0.0.1",
+            f"tcp:{self.admin_port}:interface=127.0.0.1",
             "--set",
             "log.level=warn",
         ]
@@ -360,6 +372,42 @@ class WsBalancerSplice(WsBalancer):
 
     name = "wsbalancer-splice"
     settings = ("relay.mode=splice",)
+
+
+class WsBalancerWorkers(WsBalancer):
+    """One worker process per core sharing the listening socket (workers: auto)."""
+
+    name = "wsbalancer-workers"
+    settings = ("workers=auto",)
+
+    def start(self, backends: list[Backend]) -> None:
+        super().start(backends)
+        # Measure only once every worker process accepts connections.
+        wanted = len(os.sched_getaffinity(0))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                url = f"http://127.0.0.1:{self.admin_port}/balancer-metrics"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if len(json.load(response).get("workers", [])) >= wanted:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name}: not all {wanted} worker processes came up")
+
+
+class WsBalancerSpliceWorkers(WsBalancerWorkers):
+    name = "wsbalancer-splice-workers"
+    settings = ("workers=auto", "relay.mode=splice")
+
+
+PROXIES: dict[str, type[Proxy]] = {
+    "wsbalancer": WsBalancer,
+    "wsbalancer-splice": WsBalancerSplice,
+    "wsbalancer-workers": WsBalancerWorkers,
+    "wsbalancer-splice-workers": WsBalancerSpliceWorkers,
+}
 
 
 class HAProxy(Proxy):
@@ -473,8 +521,8 @@ def run_mode(
 ) -> dict[str, Any]:
     proxy: Proxy | None = None
     result: dict[str, Any] = {"mode": mode}
-    if mode in ("wsbalancer", "wsbalancer-splice"):
-        proxy = WsBalancer(workdir) if mode == "wsbalancer" else WsBalancerSplice(workdir)
+    if mode in PROXIES:
+        proxy = PROXIES[mode](workdir)
         if args.wsb_backlog:
             proxy.listen_extra = f":backlog={args.wsb_backlog}"
     elif mode == "haproxy":
@@ -558,7 +606,7 @@ def run_scale(
     counts = [c for c in (1000, 5000, 10000) if 2 * c + 500 <= CHILDREN.nofile[0]]
     if len(counts) < 3:
         counts.append((CHILDREN.nofile[0] - 1000) // 2 // 500 * 500)  # as many as fds allow
-    cls = {"wsbalancer": WsBalancer, "wsbalancer-splice": WsBalancerSplice, "haproxy": HAProxy}
+    cls = {**PROXIES, "haproxy": HAProxy}
     for count in counts:
         proxy = cls[mode](workdir)
         try:
