@@ -3,11 +3,12 @@
 Once both handshakes are done and both legs negotiated the same extensions (or none), a
 client's masked frames are valid toward the backend as they are, and a backend's unmasked
 frames toward the client. Each direction then only parses frame headers: data frames
-(opcodes 0-2) are written to the other leg as they arrive, several per write when a read
-carried several, and their payload is never unmasked, inflated or validated: that becomes
-the backend's job (and the client's, for what the backend sends). Control frames (ping, pong,
-close, reserved opcodes) still go to the leg's own Autobahn protocol, which validates them,
-answers pings and runs the close handshake exactly as in message mode.
+(opcodes 0-2), pings and pongs are written to the other leg as they arrive, several per
+write when a read carried several, and their payload is never unmasked, inflated or
+validated: that becomes the backend's job (and the client's, for what the backend sends);
+the far end answers pings. Closes, reserved opcodes, oversized control frames and the pong
+answering a leg's own keepalive ping go to that leg's Autobahn protocol, which validates
+them and runs the close handshake exactly as in message mode.
 
 Failover keeps working at message boundaries: a backend lost while it was sending a message
 ends the session (the client cannot be handed the rest of a message from elsewhere); a
@@ -151,11 +152,18 @@ class SpliceDirection:
                 break
             opcode = b0 & 0x0F
             if opcode > 2:
-                # The leg's own business; Autobahn fails the connection on a reserved
-                # opcode or an oversized control frame as soon as it sees the header.
                 end = pos + head + length
                 if opcode >= 8 and length <= 125 and end > size:
                     break  # a control frame not complete yet: wait for the rest
+                if (opcode == 9 or opcode == 10) and length <= 125:
+                    # Pings cross, so the far end answers them (or, having failed the
+                    # connection on an earlier frame, does not); pongs cross too, except
+                    # the answer to this leg's own keepalive ping.
+                    if opcode == 9 or not self._own_pong(data, pos, head, length):
+                        pos = end
+                        continue
+                # Closes (and what Autobahn must fail: reserved opcodes, oversized
+                # control frames, which it does on the header) are the leg's own business.
                 self._write(data[start:pos])
                 self.remaining = 0
                 self.discarding = discarding
@@ -199,6 +207,16 @@ class SpliceDirection:
         self._write(data[start:pos])
         if pos < size:
             self.pending = data[pos:]
+
+    def _own_pong(self, data: bytes, pos: int, head: int, length: int) -> bool:
+        expected = getattr(self.source, "autoPingPending", None)
+        if not expected or length != len(expected):
+            return False
+        payload = data[pos + head : pos + head + length]
+        if head == 6 or head == 8 or head == 14:  # masked: its key precedes the payload
+            key = data[pos + head - 4 : pos + head]
+            payload = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+        return bool(payload == expected)
 
     def stop(self, rest: bytes) -> None:
         """Hand the source leg back to Autobahn (its close, or a frame it must fail)."""
