@@ -11,7 +11,10 @@ import pprint
 import types
 from typing import Any
 
+import autobahn.twisted.websocket as autobahn_twisted_websocket
 import autobahn.websocket.protocol as autobahn_protocol
+from twisted.internet import epollreactor, tcp
+from twisted.python import log as legacy_log
 
 
 class _LazyFormat:
@@ -32,6 +35,34 @@ class _LazyFormat:
 # transport details) for a debug line, even with debug off: measured at a quarter of the
 # CPU of a short session. Render it only if a debug line is actually written.
 autobahn_protocol.pformat = _LazyFormat  # type: ignore[assignment]
+
+
+class _LazyCall:
+    """A formatting function's result, computed only if a log line is written."""
+
+    __slots__ = ("func", "args")
+
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.func = func
+        self.args = args
+
+    def __str__(self) -> str:
+        return str(self.func(*self.args))
+
+    __repr__ = __str__
+    __format__ = lambda self, spec: format(str(self), spec)  # noqa: E731
+
+
+def _lazy(func: Any) -> Any:
+    return lambda *args: _LazyCall(func, *args)
+
+
+# The same for the highlighted type names of the debug lines around every connection,
+# handshake and close (click.style per call: a few per cent of a short session's CPU).
+for _module in (autobahn_protocol, autobahn_twisted_websocket):
+    for _name in ("hltype", "hlval"):
+        if hasattr(_module, _name):
+            setattr(_module, _name, _lazy(getattr(_module, _name)))
 
 
 class SmallFrameMasker:
@@ -96,6 +127,72 @@ def bake_options(base: type, factory: Any, per_connection: frozenset[str] = froz
     return type(base.__name__, (base,), attrs)
 
 
+# Plain TCP transports, whose socket a write may go to at once (TLS ones keep their path).
+_DIRECT_TRANSPORTS = (tcp.Server, tcp.Client)
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """`transport.write`, but sent at once when nothing is queued ahead of it.
+
+    Twisted's write only queues: the reactor registers the socket for writability, wakes,
+    sends, and unregisters it, which on a link carrying one small message at a time is two
+    epoll_ctl calls and a loop round per message. When the transport's buffer is empty the
+    bytes go straight to the socket; whatever the kernel does not take is queued as usual,
+    so ordering, flow control and error handling stay Twisted's."""
+    if (
+        type(transport) in _DIRECT_TRANSPORTS
+        and not transport._tempDataLen
+        and not transport.dataBuffer
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # would block, or an error the queued write's doWrite will report
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+class _ReactorLog:
+    """The `log` module as the epoll reactor sees it, minus the legacy logging context it
+    pushes around every read and write (about a tenth of a busy relay's CPU): the call
+    is made directly, and an exception is still logged, as Twisted's own wrapper does."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(legacy_log, name)
+
+    @staticmethod
+    def callWithLogger(logger: Any, func: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return func(*args, **kw)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            legacy_log.err(system=getattr(logger, "logstr", "-"))
+            return None
+
+
+epollreactor.log = _ReactorLog()  # type: ignore[assignment]
+
+
+class LeanReceive:
+    """The end of a received message without Autobahn's observer event: it fires "message"
+    to listeners (a Future and two callbacks per message) that a relay never registers."""
+
+    failedByMe: bool
+    message_data: Any
+    message_is_binary: bool
+
+    def onMessageEnd(self) -> None:
+        if not self.failedByMe:
+            self._onMessage(b"".join(self.message_data), self.message_is_binary)  # type: ignore[attr-defined]
+        self.message_data = None
+
+
 class LeanSend:
     """The common write path without Autobahn's per-write debug formatting and statistics."""
 
@@ -114,4 +211,4 @@ class LeanSend:
         if sync or chopsize or self.send_queue:
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
         else:
-            self.transport.write(data)
+            write_now(self.transport, data)

@@ -22,7 +22,7 @@ from .compression import forward_compressed, tune_compression
 from .dialer import BackendConnectError, BackendHandshakeError
 from .headers import parse_raw_headers
 from .httpproxy import proxy_site
-from .lean import LeanSend
+from .lean import LeanReceive, LeanSend
 from .logs import logger
 from .session import RelaySession, peer_host
 
@@ -40,7 +40,7 @@ ALLOWED_CLOSE_CODES = [*WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED, 1014]
 NO_CLOSE_FRAME = 1006
 
 
-class FrontendProtocol(LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
+class FrontendProtocol(LeanReceive, LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
     """The client leg."""
 
     CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES
@@ -201,7 +201,7 @@ class FrontendProtocol(LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
         self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
 
-class BackendProtocol(LeanSend, WebSocketClientProtocol):  # type: ignore[misc]
+class BackendProtocol(LeanReceive, LeanSend, WebSocketClientProtocol):  # type: ignore[misc]
     """The backend leg."""
 
     CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES

@@ -31,6 +31,8 @@ from autobahn.websocket.compress_deflate import (
 )
 from autobahn.websocket.protocol import WebSocketProtocol
 
+from .lean import write_now
+
 if TYPE_CHECKING:
     from .session import RelaySession
 
@@ -92,7 +94,7 @@ class SpliceDirection:
         target = self._target()
         if target is not None:
             if target.state == OPEN and target.transport is not None:
-                target.transport.write(chunk)
+                write_now(target.transport, chunk)
         elif self.to_backend and self.session.reconnecting:
             self.session.hold(chunk, None)  # failing over: sent to the next backend first
         # otherwise the other leg is closing or gone: what it would not take is dropped
