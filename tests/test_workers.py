@@ -174,3 +174,37 @@ def test_sigterm_drains_every_worker(setup: Setup) -> None:
     assert setup.balancer.wait(30) in (0, -signal.SIGTERM)  # twistd re-raises the signal
     for pid in pids:
         wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}"), what="the worker to exit")
+
+
+def test_an_affinity_cookie_from_one_process_is_honoured_by_the_other() -> None:
+    with processes() as children:
+        ports = [free_port() for _ in range(3)]
+        for n, port in enumerate(ports):
+            spawn_demo_backend(children, port, f"b{n}")
+        port, admin_port = free_port(), free_port()
+        spawn_balancer(
+            children,
+            port,
+            admin_port,
+            [f"b{n}=ws://127.0.0.1:{p}" for n, p in enumerate(ports)],
+            ["workers=2", "affinity.mode=cookie"],  # no affinity.secret: a generated key
+        )
+        wait_until(lambda: len(admin(admin_port, "/balancer-metrics")["workers"]) == 2)
+        first = connect(f"ws://127.0.0.1:{port}/echo", open_timeout=10)
+        cookie = first.response.headers["Set-Cookie"].split(";")[0]
+        sockets = [first]
+        try:
+            for _ in range(20):  # spread over both processes by the kernel
+                sockets.append(
+                    connect(
+                        f"ws://127.0.0.1:{port}/echo",
+                        open_timeout=10,
+                        additional_headers={"Cookie": cookie},
+                    )
+                )
+            doc = admin(admin_port, "/balancer-metrics")
+            assert all(w["sessions"] > 0 for w in doc["workers"])
+            counts = [b["localSessions"] for b in doc["backends"]]
+            assert sorted(counts) == [0, 0, 21], counts  # every one pinned where the first went
+        finally:
+            _close(sockets)

@@ -6,6 +6,7 @@ built from a `Config` in tests and in programs that embed the balancer.
 
 from __future__ import annotations
 
+import hmac
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -52,12 +53,22 @@ class Balancer:
 
     log = logger("wsbalancer")
 
-    def __init__(self, config: Config, reactor: Any, clock: Any = None, rng: Any = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        clock: Any = None,
+        rng: Any = None,
+        secret_seed: bytes | None = None,
+    ) -> None:
         self.config = config
         self.reactor = reactor
         self.clock = clock or reactor
         self.metrics = BalancerMetrics()
         self.rng = rng
+        # Pools with cookie affinity and no affinity.secret get a key derived from this seed,
+        # which worker processes share with their master (a cookie one issued, all honour).
+        self.secret_seed = secret_seed or new_secret()
         self._secrets: dict[str, bytes] = {}  # generated affinity keys, kept across reloads
         self.lanes: dict[str, Lane] = {}
         for pool_config in config.all_pools():
@@ -111,7 +122,8 @@ class Balancer:
         if config.affinity == "cookie" and not secret:
             secret = self._secrets.get(config.pool_name, b"")
             if not secret:
-                secret = self._secrets[config.pool_name] = new_secret()
+                secret = hmac.new(self.secret_seed, config.pool_name.encode(), "sha256").digest()
+                self._secrets[config.pool_name] = secret
                 self.log.warn(
                     "affinity.secret is not set for pool {pool}: using a random one, so its "
                     "affinity cookies will not survive a restart or be honoured by another "

@@ -135,7 +135,9 @@ class Config:
     compression: bool = True
     backend_compression: str = "off"
     compression_level: int = 1
-    workers: int = 1  # processes sharing the listening sockets (workers.py)
+    workers: int = field(
+        default_factory=lambda: _cpu_count()
+    )  # processes sharing the listening sockets (workers.py)
     relay_mode: str = "message"  # or "splice": frames forwarded as they are (splice.py)
     drain_period: float = 10.0
     removed_sessions: str = "drain"
@@ -259,6 +261,12 @@ def parse_positive_int(value: Any) -> int:
     if number < 1:
         raise ValueError(f"must be at least 1, got {value!r}")
     return number
+
+
+def _cpu_count() -> int:
+    from .workers import cpu_count
+
+    return cpu_count()
 
 
 def parse_workers(value: Any) -> int:

@@ -296,7 +296,8 @@ def build_service(
     With `workers` above 1, `worker_spec` says where worker processes load the
     configuration from (`{"config": path, "overrides": [...], "backends": [...]}`)."""
     logs.set_level(config.log_level)
-    balancer = Balancer(config, reactor)
+    seed = (worker_spec or {}).get("secret_seed")
+    balancer = Balancer(config, reactor, secret_seed=bytes.fromhex(seed) if seed else None)
     top = BalancerService(balancer)
     factory = balancer.server_factory()
     for description in config.listen:

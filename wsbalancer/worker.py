@@ -107,7 +107,7 @@ def main() -> None:
     config = worker_config(spec)
     _start_logging(config, index)
     session_module._session_ids = itertools.count(index * SESSION_ID_BLOCK + 1)
-    service = build_service(config, reactor)
+    service = build_service(config, reactor, spec)
     service.reload_source = lambda: worker_config(spec)
     assert service.admin is not None
     service.admin.factory.log = lambda request: None  # the master's calls, not worth a line each

@@ -155,7 +155,13 @@ class WorkerPool(Service):
             listens.append(
                 {"fd": fd, "family": int(port.addressFamily), "description": listener.description}
             )
-        spec = {**self.spec, "index": index, "listens": listens, "admin": self.socket_path(index)}
+        spec = {
+            **self.spec,
+            "index": index,
+            "listens": listens,
+            "admin": self.socket_path(index),
+            "secret_seed": self.top.balancer.secret_seed.hex(),  # the same affinity keys
+        }
         env = {k: v for k, v in os.environ.items() if k not in _MASTER_ONLY_ENV}
         env[WORKER_ENV] = json.dumps(spec)
         process = WorkerProcess(self, index)
