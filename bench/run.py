@@ -332,7 +332,7 @@ class Proxy:
 class WsBalancer(Proxy):
     name = "wsbalancer"
     listen_extra = ""  # e.g. ":backlog=1024" (--wsb-backlog)
-    settings: tuple[str, ...] = ()
+    settings: tuple[str, ...] = ("workers=1",)  # one process, like HAProxy's one thread
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
@@ -371,7 +371,7 @@ class WsBalancerSplice(WsBalancer):
     """The splice fast path: frames forwarded as they are (relay.mode: splice)."""
 
     name = "wsbalancer-splice"
-    settings = ("relay.mode=splice",)
+    settings = ("workers=1", "relay.mode=splice")
 
 
 class WsBalancerWorkers(WsBalancer):
