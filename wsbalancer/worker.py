@@ -18,12 +18,17 @@ from typing import Any
 
 from twisted.internet import stdio
 from twisted.internet.protocol import Protocol
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from . import session as session_module
 from .config import Config, load
-from .logs import json_observer
+from .logs import LEVELS, json_observer
 from .tap import BalancerService, build_service
 from .tlsreload import server_endpoint
 from .workers import SESSION_ID_BLOCK, WORKER_ENV
@@ -96,7 +101,10 @@ def _start_logging(config: Config, index: int) -> None:
         event.setdefault("worker", index)
         base(event)
 
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)  # type: ignore[list-item]
+    # log.level applies to everything here, as twistd's own observer does in the master.
+    level = LogLevelFilterPredicate(defaultLogLevel=LEVELS[config.log_level])
+    filtered = FilteringLogObserver(observer, [level])  # type: ignore[arg-type]
+    globalLogBeginner.beginLoggingTo([filtered], redirectStandardIO=False)
 
 
 def main() -> None:
