@@ -116,6 +116,9 @@ async def run(strategy: str, args: argparse.Namespace) -> dict[str, Any]:
                     f"balancing.poll_interval={args.poll_interval}",
                     f"admin.token={TOKEN}",
                     "shutdown.drain_period=0s",
+                    # One process per instance by default, as the figures are stated; each
+                    # worker process picks on its own, like one more instance.
+                    f"workers={args.workers}",
                 ],
             )
             balancers.append((port, admin))
@@ -200,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", choices=["power-of-two", "least-loaded", "both"])
     parser.add_argument("--instances", type=int, default=3)
     parser.add_argument("--backends", type=int, default=3)
+    parser.add_argument("--workers", default="1", help="worker processes per instance")
     parser.add_argument("--per-instance", type=int, default=100)
     parser.add_argument("--poll-interval", default="0.5s")
     parser.add_argument("--tolerance", type=float, default=0.05)

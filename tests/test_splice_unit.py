@@ -115,10 +115,10 @@ def test_the_receiving_legs_own_frames_wait_for_a_half_written_frame() -> None:
     big, small = frame(2, os.urandom(1000)), frame(1, b"x")
     direction.feed(big[:500])
     assert direction.mid_frame()
-    direction.hold_write(session.backend.transport, b"PONG")  # the backend leg's own frame
+    direction.hold_write(session.backend, b"PING")  # the backend leg's own frame
     assert bytes(session.backend.transport.out) == big[:500]
     direction.feed(big[500:] + small)
-    assert bytes(session.backend.transport.out) == big + b"PONG" + small
+    assert bytes(session.backend.transport.out) == big + b"PING" + small
 
 
 def test_a_message_cut_by_a_lost_backend_is_dropped_up_to_its_end() -> None:
@@ -126,8 +126,9 @@ def test_a_message_cut_by_a_lost_backend_is_dropped_up_to_its_end() -> None:
     direction = outward(session)
     direction.feed(frame(1, b"one", fin=False))
     session.backend = None  # type: ignore[assignment]
+    direction.backend_lost()  # as the session detaches the leg, before it re-dials
     session.reconnecting = True
-    direction.backend_lost()
+    direction.backend_lost()  # a refused candidate of the re-dial: nothing more is lost
     assert session.lost == 1
     after = frame(1, b"next")
     direction.feed(frame(0, b"two", fin=False) + frame(0, b"three") + after)
@@ -144,3 +145,14 @@ def test_an_oversized_control_frame_is_handed_to_the_leg_to_fail() -> None:
     assert session.client.control == [bad]
     assert session.client.splice_out is None  # the leg's own protocol has it from here
     assert bytes(session.backend.transport.out) == ok
+
+
+def test_a_frame_begun_on_a_leg_that_starts_closing_is_finished_before_its_close() -> None:
+    session = Session()
+    direction = outward(session)
+    big, after = frame(2, os.urandom(1000)), frame(1, b"too late")
+    direction.feed(big[:300])
+    direction.hold_write(session.backend, b"CLOSE")  # the leg's close, held behind the frame
+    session.backend.state = 2  # CLOSING: no new frame may start on it
+    direction.feed(big[300:] + after)
+    assert bytes(session.backend.transport.out) == big + b"CLOSE"

@@ -157,6 +157,16 @@ def write_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
+def restart_ping_timeout(leg: Any) -> None:
+    """Give a leg's keepalive ping its whole pong timeout from now."""
+    if getattr(leg, "autoPingTimeoutCall", None) is None:
+        return
+    leg.autoPingTimeoutCall.cancel()
+    leg.autoPingTimeoutCall = leg.factory._batched_timer.call_later(
+        leg.autoPingTimeout, leg.onAutoPingTimeout
+    )
+
+
 class _ReactorLog:
     """The `log` module as the epoll reactor sees it, minus the legacy logging context it
     pushes around every read and write (about a tenth of a busy relay's CPU): the call
@@ -206,9 +216,23 @@ class LeanSend:
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         splice = self.splice_in
         if splice is not None and splice.mid_frame():
-            splice.hold_write(self.transport, data)
+            splice.hold_write(self, data)
             return
         if sync or chopsize or self.send_queue:
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
         else:
             write_now(self.transport, data)
+
+    def dropConnection(self, abort: bool = False) -> None:
+        splice = self.splice_in
+        if splice is not None and not abort and splice.mid_frame():
+            splice.drop_when_frame_ends(self)  # the close this leg sent follows the frame
+            return
+        super().dropConnection(abort)  # type: ignore[misc]
+
+    def onAutoPingTimeout(self) -> None:
+        splice = self.splice_in
+        if splice is not None and any(leg is self for leg, _ in splice.held_writes):
+            restart_ping_timeout(self)  # the ping still waits behind a forwarded frame
+            return
+        super().onAutoPingTimeout()  # type: ignore[misc]

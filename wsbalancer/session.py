@@ -335,12 +335,27 @@ class RelaySession:
             if transport is not None:
                 transport.pauseProducing()  # hold no more: the client waits, nothing drops
 
-    def move(self, reason: str) -> None:
+    def move(self, reason: str, tries: int = 0) -> None:
         """Fail over on purpose (backend removed, admin request): close this leg with 1001
         and re-dial elsewhere while the client stays connected."""
         leg = self.backend
         if leg is None or not self.opened or self.reconnecting or self.client.state != OPEN:
             return
+        if self.spliced:
+            if not fails_over_cleanly(self.client):
+                self.terminate(CLOSE_GOING_AWAY, reason)  # the client reconnects instead
+                return
+            # Frames pass as they are: the move waits for both directions to be between
+            # messages (checked every 50 ms, for up to 10 s, then the session is closed).
+            inward, outward = leg.splice_out, self.client.splice_out
+            if (inward is not None and not inward.at_boundary()) or (
+                outward is not None and not outward.at_boundary()
+            ):
+                if tries < 200:
+                    self.balancer.clock.callLater(0.05, self.move, reason, tries + 1)
+                else:
+                    self.terminate(CLOSE_GOING_AWAY, reason)
+                return
         self.backend_failed(leg, reason)
         if leg.state == OPEN:
             leg.sendCloseFrame(CLOSE_GOING_AWAY, reason.encode()[:123])

@@ -31,7 +31,7 @@ from autobahn.websocket.compress_deflate import (
 )
 from autobahn.websocket.protocol import WebSocketProtocol
 
-from .lean import write_now
+from .lean import restart_ping_timeout, write_now
 
 if TYPE_CHECKING:
     from .session import RelaySession
@@ -57,6 +57,8 @@ class SpliceDirection:
         "in_message",
         "discarding",
         "held_writes",
+        "forwarding",
+        "drop_after",
     )
 
     def __init__(self, session: RelaySession, source: Any, to_backend: bool) -> None:
@@ -67,9 +69,11 @@ class SpliceDirection:
         self.remaining = 0  # payload bytes of the current data frame still to come
         self.in_message = False  # a fragmented message has begun and not ended
         self.discarding = False  # dropping the rest of a message cut by a failover
-        # Frames the receiving leg wants to send itself (pong, close) while a forwarded
+        # Frames the receiving leg wants to send itself (ping, close) while a forwarded
         # frame is only partly written: they go out once it is complete.
         self.held_writes: list[tuple[Any, bytes]] = []
+        self.forwarding = False  # the frame in progress was begun on the receiving leg
+        self.drop_after: Any = None  # a leg to disconnect once the frame is complete
 
     def at_boundary(self) -> bool:
         """Whether the other leg has been sent whole messages only."""
@@ -77,10 +81,23 @@ class SpliceDirection:
 
     def mid_frame(self) -> bool:
         """Whether the receiving leg's stream ends inside a forwarded frame."""
-        return bool(self.remaining) and not self.discarding
+        return bool(self.remaining) and self.forwarding and not self.discarding
 
-    def hold_write(self, transport: Any, data: bytes) -> None:
-        self.held_writes.append((transport, data))
+    def hold_write(self, leg: Any, data: bytes) -> None:
+        self.held_writes.append((leg, data))
+
+    def drop_when_frame_ends(self, leg: Any) -> None:
+        """The receiving leg would disconnect now: let the frame in progress end first, so
+        the close it sent can follow it (bounded by the leg's close timeout)."""
+        self.drop_after = leg
+        timeout = getattr(leg, "closeHandshakeTimeout", 0) or 5
+        leg.factory._batched_timer.call_later(timeout, self._drop_now)
+
+    def _drop_now(self) -> None:
+        leg, self.drop_after = self.drop_after, None
+        if leg is not None:
+            self.forwarding = False  # whatever is left of the frame goes nowhere now
+            leg.dropConnection()
 
     def _target(self) -> Any:
         session = self.session
@@ -88,21 +105,32 @@ class SpliceDirection:
             return session.backend
         return session.client if session.backend is self.source else None
 
-    def _write(self, chunk: bytes) -> None:
+    def _write(self, chunk: bytes, continuing: bool = False) -> bool:
+        """Forward `chunk`; True when it went to the receiving leg (or was held for the
+        next backend). A frame begun on a leg is finished even once that leg is closing,
+        so that the close it is sending can follow the frame."""
         if not chunk:
-            return
+            return False
         target = self._target()
         if target is not None:
-            if target.state == OPEN and target.transport is not None:
-                write_now(target.transport, chunk)
+            transport = target.transport
+            if transport is not None and (target.state == OPEN or continuing):
+                write_now(transport, chunk)
+                return True
         elif self.to_backend and self.session.reconnecting:
             self.session.hold(chunk, None)  # failing over: sent to the next backend first
-        # otherwise the other leg is closing or gone: what it would not take is dropped
+            return True
+        return False  # the other leg is closing or gone: what it would not take is dropped
 
-    def _flush_held_writes(self) -> None:
+    def _frame_ended(self) -> None:
         writes, self.held_writes = self.held_writes, []
-        for transport, data in writes:
-            transport.write(data)
+        for leg, data in writes:
+            transport = leg.transport
+            if transport is not None:
+                transport.write(data)
+                restart_ping_timeout(leg)  # its keepalive ping has only now gone out
+        if self.drop_after is not None:
+            self._drop_now()
 
     def feed(self, data: bytes) -> None:
         """Bytes read on the source leg."""
@@ -114,6 +142,17 @@ class SpliceDirection:
         pos = start = 0
         remaining = self.remaining
         discarding = self.discarding
+        if remaining and not discarding:
+            # The rest of a frame begun in an earlier read.
+            pos = start = min(remaining, size)
+            if self.forwarding:
+                self._write(data[:pos], continuing=True)
+            remaining -= pos
+            if remaining:
+                self.remaining = remaining
+                return
+            if self.held_writes or self.drop_after is not None:
+                self._frame_ended()
         while pos < size:
             if remaining:
                 step = size - pos
@@ -129,10 +168,10 @@ class SpliceDirection:
                     start = pos
                     if not self.in_message:
                         discarding = False
-                if self.held_writes:
+                if self.held_writes or self.drop_after is not None:
                     self._write(data[start:pos])
                     start = pos
-                    self._flush_held_writes()
+                    self._frame_ended()
                 continue
             if size - pos < 2:
                 break
@@ -206,7 +245,9 @@ class SpliceDirection:
             remaining = length
         self.remaining = remaining
         self.discarding = discarding
-        self._write(data[start:pos])
+        wrote = self._write(data[start:pos])
+        if remaining:
+            self.forwarding = wrote  # the trailing frame's header went out with this write
         if pos < size:
             self.pending = data[pos:]
 
@@ -232,6 +273,8 @@ class SpliceDirection:
         """The session's backend leg is gone (client-to-backend direction): a message
         partly sent to it cannot be completed elsewhere, so its rest is dropped."""
         self.held_writes.clear()
+        if self.session.reconnecting:
+            return  # a candidate refused during the failover: nothing of it was sent there
         if not self.at_boundary():
             self.discarding = True
             self.session.lost += 1

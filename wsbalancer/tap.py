@@ -169,6 +169,7 @@ class BalancerService(MultiService):
         self.reload_source: Callable[[], Config] | None = None
         self.clock: Any = balancer.clock
         self.workers: WorkerPool | None = None  # the other worker processes (workers.py)
+        self.frontends: Frontends | None = None  # what the admin API pauses and resumes
 
     def privilegedStartService(self) -> None:
         # twistd binds ports here, before it drops privileges.
@@ -210,6 +211,7 @@ class BalancerService(MultiService):
         certificates = reload_certificates(self.listeners)
         if self.workers is not None:
             self.workers.signal_all("HUP")  # each worker re-reads the same sources
+            self.workers.forget_backend_changes()  # a reload supersedes them everywhere
         if self.reload_source is None:
             return certificates
         try:
@@ -341,8 +343,9 @@ def build_service(
         sweeper.clock = reactor
         sweeper.setServiceParent(top)
 
+    top.frontends = Frontends(top.listeners)
     admin = ListenerService(
-        reactor, config.admin_listen, admin_site(balancer, Frontends(top.listeners), top.workers)
+        reactor, config.admin_listen, admin_site(balancer, top.frontends, top.workers)
     )
     admin.setServiceParent(top)
     top.admin = admin

@@ -78,6 +78,8 @@ def adopt_listeners(service: BalancerService, spec: dict[str, Any], reactor: Any
         wrapped = TLSMemoryBIOFactory(tls, False, factory) if tls is not None else factory
         port = reactor.adoptStreamPort(listen["fd"], listen["family"], wrapped)
         os.close(listen["fd"])  # the port holds its own duplicate
+        if service.frontends is not None and service.frontends.paused:
+            port.stopReading()  # paused through the API before this worker took its sockets
         service.listeners.append(AdoptedListener(port, listen["description"], tls))  # type: ignore[arg-type]
 
 

@@ -175,8 +175,12 @@ class WorkerPool(Service):
         )
 
     async def worker_ready(self, process: WorkerProcess) -> None:
-        """Replay the admin changes made so far, then let the worker accept connections."""
-        for method, path, body, headers in list(self.journal):
+        """Replay the admin changes made so far (those made meanwhile too), then let the
+        worker accept connections."""
+        done = 0
+        while done < len(self.journal):
+            method, path, body, headers = self.journal[done]
+            done += 1
             try:
                 await self.call(process.index, method, path, body, headers)
             except Exception as e:
@@ -272,6 +276,10 @@ class WorkerPool(Service):
             timeout=10,
         )
         return response.code, await response.content()
+
+    def forget_backend_changes(self) -> None:
+        """A reload re-read the backends everywhere: their API changes are history now."""
+        self.journal = [entry for entry in self.journal if "/api/backends" not in entry[1]]
 
     def ready_workers(self) -> list[int]:
         return sorted(i for i, p in self.workers.items() if p.ready)
