@@ -29,6 +29,7 @@ from wsbalancer.processes import (  # noqa: E402
     processes,
     spawn_balancer,
     spawn_demo_backend,
+    wait_until,
 )
 
 TOKEN = "instances-bench"
@@ -53,17 +54,6 @@ def counted(backends: list[int], total: int) -> list[int] | None:
     """The counts once the backends report `total` sessions between them, else None."""
     values = counts(backends)
     return values if sum(values) == total else None
-
-
-def wait_until(check: Any, what: str, timeout: float = 30.0) -> Any:
-    """Poll another process's state until `check()` is truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
 
 
 def deviation(values: list[int]) -> float:

@@ -8,28 +8,23 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from wsbalancer.processes import free_port, processes, spawn_balancer, spawn_demo_backend
+from wsbalancer.processes import (
+    free_port,
+    processes,
+    spawn_balancer,
+    spawn_demo_backend,
+    wait_until,
+)
 
 TOKEN = "worker-test-token"
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "it") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def admin(port: int, path: str, method: str = "GET") -> Any:

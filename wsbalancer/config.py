@@ -272,9 +272,7 @@ def _cpu_count() -> int:
 def parse_workers(value: Any) -> int:
     """`auto` (one per core) or a number of processes, 1 to 256."""
     if str(value).strip().lower() == "auto":
-        from .workers import cpu_count
-
-        return cpu_count()
+        return _cpu_count()
     number = parse_positive_int(value)
     if number > 256:
         raise ValueError(f"at most 256 worker processes, got {value!r}")

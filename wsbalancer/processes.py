@@ -40,6 +40,17 @@ def wait_port(
     raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
 
 
+def wait_until(check: Any, what: str = "it", timeout: float = 30.0) -> Any:
+    """Poll another process's state until `check()` is truthy (bounded); its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
 @contextmanager
 def processes() -> Iterator[list[subprocess.Popen[Any]]]:
     """Child processes, all terminated on the way out."""

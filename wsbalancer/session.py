@@ -264,19 +264,13 @@ class RelaySession:
             finally:
                 self.dial = None
             pool.dial_succeeded(backend)
-            if attempt and leg.websocket_protocol_in_use != self.subprotocol:
-                errors.append(f"{backend.id}: chose subprotocol {leg.websocket_protocol_in_use!r}")
+            misfit = self._misfit(leg) if attempt else None
+            if misfit is not None:
+                errors.append(f"{backend.id}: {misfit[0]}")
                 reached = True
                 leg.session = self
                 self.backend, self.backend_state = leg, backend
-                self._drop_backend_leg(leg, "subprotocol mismatch")
-                continue
-            if self.spliced and not splice_compatible(self.client, leg):
-                errors.append(f"{backend.id}: negotiated other extensions than the client's")
-                reached = True
-                leg.session = self
-                self.backend, self.backend_state = leg, backend
-                self._drop_backend_leg(leg, "extensions differ")
+                self._drop_backend_leg(leg, misfit[1])
                 continue
             self.backend, self.backend_state = leg, backend
             self.leg_opened = balancer.clock.seconds()
@@ -286,6 +280,15 @@ class RelaySession:
                 leg.partner = self.client
             return leg
         raise NoBackendError(503, "no backend available", errors, reached)
+
+    def _misfit(self, leg: BackendProtocol) -> tuple[str, str] | None:
+        """Why a re-dialled leg cannot carry this session (error text, close reason)."""
+        if leg.websocket_protocol_in_use != self.subprotocol:
+            chosen = leg.websocket_protocol_in_use
+            return f"chose subprotocol {chosen!r}", "subprotocol mismatch"
+        if self.spliced and not splice_compatible(self.client, leg):
+            return "negotiated other extensions than the client's", "extensions differ"
+        return None
 
     def client_opened(self) -> None:
         """The client got its 101: start flow control both ways."""

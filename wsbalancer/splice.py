@@ -256,7 +256,7 @@ class SpliceDirection:
         if not expected or length != len(expected):
             return False
         payload = data[pos + head : pos + head + length]
-        if head == 6 or head == 8 or head == 14:  # masked: its key precedes the payload
+        if head == 6:  # masked (a small frame's header is 2 bytes, then the 4-byte key)
             key = data[pos + head - 4 : pos + head]
             payload = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
         return bool(payload == expected)

@@ -323,9 +323,3 @@ class WorkerPool(Service):
         calls = [self._logged(i, "GET", path, b"", headers or {}) for i in indexes]
         answers = await defer.gatherResults([defer.ensureDeferred(c) for c in calls])
         return [(i, a) for i, a in zip(indexes, answers, strict=True) if a is not None]
-
-    def view(self) -> list[dict[str, Any]]:
-        """The workers, for the JSON metrics."""
-        return [
-            {"index": i, "pid": p.pid, "ready": p.ready} for i, p in sorted(self.workers.items())
-        ]
