@@ -76,12 +76,18 @@ function oneProcTicks(pid) {
   const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
   // fields after "pid (comm) ": state=0 ... utime=11, stime=12
-  return Number(f[11]) + Number(f[12]);
+  return { user: Number(f[11]), sys: Number(f[12]) };
 }
 
 function procTicks(pid) {
   try {
-    return family(pid).reduce((sum, p) => sum + oneProcTicks(p), 0);
+    return family(pid).reduce(
+      (sum, p) => {
+        const t = oneProcTicks(p);
+        return { user: sum.user + t.user, sys: sum.sys + t.sys };
+      },
+      { user: 0, sys: 0 },
+    );
   } catch (e) {
     return null;
   }
@@ -124,8 +130,12 @@ function cpuDelta(a, b) {
       out.procs[name] = null;
       continue;
     }
-    const sec = (b.procs[name] - a.procs[name]) / CLK_TCK;
-    out.procs[name] = { cpu_s: sec, pct_core: (100 * sec) / wall };
+    // user and kernel time apart: a relay's kernel share (send, recv, epoll) is the part
+    // no user-space change removes
+    const user = (b.procs[name].user - a.procs[name].user) / CLK_TCK;
+    const sys = (b.procs[name].sys - a.procs[name].sys) / CLK_TCK;
+    const sec = user + sys;
+    out.procs[name] = { cpu_s: sec, user_s: user, sys_s: sys, pct_core: (100 * sec) / wall };
   }
   const selfSec = (b.self.user - a.self.user + b.self.system - a.self.system) / 1e6;
   out.client = { cpu_s: selfSec, pct_core: (100 * selfSec) / wall };
