@@ -20,6 +20,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 
 from .compression import forward_compressed, tune_compression
 from .dialer import BackendConnectError, BackendHandshakeError
+from .frames import FastFrames, prepare, receive
 from .headers import parse_raw_headers
 from .httpproxy import proxy_site
 from .lean import LeanReceive, LeanSend
@@ -40,7 +41,7 @@ ALLOWED_CLOSE_CODES = [*WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED, 1014]
 NO_CLOSE_FRAME = 1006
 
 
-class FrontendProtocol(LeanReceive, LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
+class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
     """The client leg."""
 
     CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES
@@ -57,6 +58,10 @@ class FrontendProtocol(LeanReceive, LeanSend, WebSocketServerProtocol):  # type:
         if splice is not None:
             splice.feed(data)
             return
+        if self.fast_in and self.state == OPEN and self.current_frame is None:
+            if not self.inside_message:
+                receive(self, data)
+                return
         if self.http_channel is not None:
             self.http_channel.dataReceived(data)
             return
@@ -131,6 +136,7 @@ class FrontendProtocol(LeanReceive, LeanSend, WebSocketServerProtocol):  # type:
     def onOpen(self) -> None:
         self._handshake_pending = False
         tune_compression(self, self.factory.balancer.config.compression_level)
+        prepare(self)
         if self.session is not None:
             self.session.client_opened()
 
@@ -201,7 +207,7 @@ class FrontendProtocol(LeanReceive, LeanSend, WebSocketServerProtocol):  # type:
         self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
 
-class BackendProtocol(LeanReceive, LeanSend, WebSocketClientProtocol):  # type: ignore[misc]
+class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol):  # type: ignore[misc]
     """The backend leg."""
 
     CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES
@@ -218,10 +224,15 @@ class BackendProtocol(LeanReceive, LeanSend, WebSocketClientProtocol):  # type: 
         if splice is not None:
             splice.feed(data)
             return
+        if self.fast_in and self.state == OPEN and self.current_frame is None:
+            if not self.inside_message:
+                receive(self, data)
+                return
         self._dataReceived(data)
 
     def onOpen(self) -> None:
         tune_compression(self, self.dial.session.balancer.config.compression_level)
+        prepare(self)
         self.dial.opened(self)
 
     def failHandshake(self, reason: str) -> None:

@@ -1,0 +1,267 @@
+"""Unit: the message-mode fast path against Autobahn's own parser, on real Autobahn
+protocols over in-memory transports. Every stream is fed twice, once with the fast path and
+once without, cut at many points; what each leg delivers and how it fails must agree."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import struct
+from typing import Any
+
+import pytest
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.testing import StringTransport
+
+from wsbalancer import frames
+
+OPEN = WebSocketProtocol.STATE_OPEN
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class Transport(StringTransport):
+    def unregisterProducer(self) -> None:  # Autobahn unregisters what it never registered
+        self.producer = None
+
+
+class Recording:
+    """What a leg did: the messages it delivered."""
+
+    fast = True
+
+    def onOpen(self) -> None:
+        self.messages: list[tuple[bytes, bool]] = []
+        frames.prepare(self)
+        if not self.fast:
+            self.fast_in = self.fast_out = False
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.messages.append((payload, isBinary))
+
+    def dataReceived(self, data: bytes) -> None:  # as relay.py's legs dispatch
+        if self.fast_in and self.state == OPEN and self.current_frame is None:
+            if not self.inside_message:
+                frames.receive(self, data)
+                return
+        self._dataReceived(data)
+
+
+class Server(Recording, frames.FastFrames, WebSocketServerProtocol):  # type: ignore[misc]
+    splice_out = None
+
+
+class Client(Recording, frames.FastFrames, WebSocketClientProtocol):  # type: ignore[misc]
+    splice_out = None
+
+
+def server_leg(fast: bool, **options: Any) -> Server:
+    factory = WebSocketServerFactory("ws://127.0.0.1:9000")
+    factory.setProtocolOptions(**options)
+    factory.protocol = Server
+    leg = factory.buildProtocol(None)
+    leg.fast = fast
+    leg.makeConnection(Transport())
+    key = base64.b64encode(os.urandom(16))
+    leg.dataReceived(
+        b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert leg.state == OPEN
+    leg.transport.clear()
+    return leg
+
+
+def client_leg(fast: bool) -> Client:
+    factory = WebSocketClientFactory("ws://127.0.0.1:9000")
+    factory.protocol = Client
+    leg = factory.buildProtocol(None)
+    leg.fast = fast
+    transport = Transport()
+    leg.makeConnection(transport)
+    request = transport.value()
+    key = request.split(b"Sec-WebSocket-Key: ")[1].split(b"\r\n")[0]
+    accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    transport.clear()
+    leg.dataReceived(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+    assert leg.state == OPEN
+    return leg
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True, rsv: int = 0) -> bytes:
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    size = len(payload)
+    bit = 0x80 if mask else 0
+    if size < 126:
+        head += bytes([bit | size])
+    elif size < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", size)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", size)
+    if mask:
+        key = os.urandom(4)
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        head += key
+    return head + payload
+
+
+def outcome(leg: Any) -> tuple[Any, ...]:
+    return (leg.messages, leg.state, leg.localCloseCode, leg.failedByMe)
+
+
+def feed(leg: Any, stream: bytes, cuts: list[int]) -> None:
+    last = 0
+    for cut in [*cuts, len(stream)]:
+        if cut > last:
+            leg.dataReceived(stream[last:cut])
+            last = cut
+
+
+GOOD = (
+    frame(1, "héllo wörld".encode())
+    + frame(2, os.urandom(125))
+    + frame(2, os.urandom(126))  # the 16-bit length starts here
+    + frame(1, b"")
+    + frame(9, b"ping")  # a control frame between messages: Autobahn's
+    + frame(2, os.urandom(3000))
+    + frame(1, b"frag", fin=False)
+    + frame(0, b"ment", fin=False)
+    + frame(0, b"ed")
+    + frame(2, os.urandom(70000))  # 64-bit length: Autobahn's
+    + frame(2, os.urandom(20000))  # longer than a frame held whole while it arrives
+    + frame(1, b"after")
+)
+
+BAD = {
+    # a surrogate (ED A0 80) after valid text
+    "invalid UTF-8": frame(1, b"ok") + frame(1, b"\xce\xba\xed\xa0\x80") + frame(1, b"x"),
+    "truncated UTF-8": frame(1, b"ok") + frame(1, b"\xe2\x82") + frame(1, b"x"),
+    "unmasked from a client": frame(2, b"ok") + frame(2, b"bad", mask=False),
+    "RSV without an extension": frame(2, b"ok") + frame(2, b"bad", rsv=4),
+    "reserved opcode": frame(2, b"ok") + frame(3, b"bad"),
+    "continuation outside a message": frame(2, b"ok") + frame(0, b"bad"),
+    "non-minimal length": frame(2, b"ok")
+    + bytes([0x82, 0x80 | 126])
+    + struct.pack("!H", 5)
+    + b"\x00\x00\x00\x00"
+    + b"hello",
+    "close": frame(2, b"ok") + frame(8, struct.pack("!H", 1000)) + frame(2, b"after close"),
+}
+
+
+def cuts_of(stream: bytes) -> list[list[int]]:
+    size = len(stream)
+    return (
+        [[]]
+        + [[cut] for cut in (1, 2, 3, 5, 7, 11, 130, 200, size // 2, size - 1)]
+        + [list(range(1, size, 97))]
+    )
+
+
+@pytest.mark.parametrize("name", ["good", *BAD])
+def test_server_leg_agrees_with_autobahn_on_every_cut(name: str) -> None:
+    stream = GOOD if name == "good" else BAD[name]
+    for cuts in cuts_of(stream):
+        fast, slow = server_leg(True), server_leg(False)
+        feed(fast, stream, cuts)
+        feed(slow, stream, cuts)
+        assert outcome(fast) == outcome(slow), (name, cuts)
+        assert fast.transport.value() == slow.transport.value(), (name, cuts)
+    if name == "good":
+        assert len(fast.messages) == 9 and fast.state == OPEN
+
+
+def test_client_leg_agrees_with_autobahn_and_refuses_masked_frames() -> None:
+    stream = (
+        frame(1, b"one", mask=False)
+        + frame(2, os.urandom(300), mask=False)
+        + frame(1, b"two", mask=False)
+        + frame(2, b"masked", mask=True)
+    )
+    for cuts in cuts_of(stream):
+        fast, slow = client_leg(True), client_leg(False)
+        feed(fast, stream, cuts)
+        feed(slow, stream, cuts)
+        assert outcome(fast) == outcome(slow)
+        assert len(fast.messages) == 3
+        assert fast.state != OPEN  # the masked server frame failed the connection
+
+
+def test_size_limits_are_autobahns_to_enforce() -> None:
+    stream = frame(2, b"small") + frame(2, os.urandom(600))
+    fast = server_leg(True, maxMessagePayloadSize=512)
+    slow = server_leg(False, maxMessagePayloadSize=512)
+    feed(fast, stream, [])
+    feed(slow, stream, [])
+    assert outcome(fast) == outcome(slow)
+    assert fast.messages == [(b"small", True)] and fast.failedByMe and fast.state != OPEN
+
+
+def test_a_leg_closed_by_a_message_hands_the_rest_to_autobahn() -> None:
+    results = []
+    for fast in (True, False):
+        leg = server_leg(fast)
+        deliver = leg.onMessage
+
+        def close_after_first(
+            payload: bytes, is_binary: bool, leg: Any = leg, deliver: Any = deliver
+        ) -> None:
+            deliver(payload, is_binary)
+            if leg.state == OPEN:
+                leg.sendClose(1000)
+
+        leg.onMessage = close_after_first  # type: ignore[method-assign]
+        feed(leg, frame(2, b"first") + frame(2, b"second") + frame(8, struct.pack("!H", 1000)), [])
+        results.append((outcome(leg), leg.transport.value()))
+    assert results[0] == results[1]
+    (messages, state, code, _), _ = results[0]
+    assert messages[0] == (b"first", True) and code == 1000
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 100000])
+@pytest.mark.parametrize("binary", [True, False])
+def test_sent_frames_parse_as_the_same_message(size: int, binary: bool) -> None:
+    payload = os.urandom(size) if binary else ("é" * size).encode()[:size].ljust(size, b"a")
+    if not binary:
+        payload = payload.decode("utf-8", "ignore").encode()
+    sender, receiver = client_leg(True), server_leg(False, maxMessagePayloadSize=0)
+    sender.transport.clear()
+    sender.sendMessage(payload, binary)
+    wire = sender.transport.value()
+    assert wire[1] & 0x80, "a client's frames are masked"
+    receiver.dataReceived(wire)
+    assert receiver.messages == [(payload, binary)]
+    back = server_leg(True)
+    back.sendMessage(payload, binary)
+    assert not back.transport.value()[1] & 0x80, "a server's frames are not"
+
+
+def test_send_defers_to_autobahn_when_fragmenting() -> None:
+    leg = server_leg(True, autoFragmentSize=10)
+    leg.sendMessage(b"x" * 25, True)
+    wire = leg.transport.value()
+    assert wire[0] == 0x02 and wire[1] == 10  # a first fragment, no FIN
+    leg.transport.clear()
+    leg.sendMessage(b"short", True)
+    assert leg.transport.value() == b"\x82\x05short"
+
+
+def test_simple_frames_never_reach_autobahns_parser() -> None:
+    leg = server_leg(True)
+    calls: list[bytes] = []
+    leg._dataReceived = calls.append  # type: ignore[method-assign]
+    stream = frame(1, b"a") + frame(2, os.urandom(200)) + frame(2, os.urandom(5000))
+    feed(leg, stream, list(range(1, len(stream), 50)))  # frames cut across reads, too
+    assert len(leg.messages) == 3 and calls == []
+    leg.dataReceived(frame(9, b"ping"))  # a control frame is Autobahn's
+    assert len(calls) == 1
