@@ -48,8 +48,11 @@ def xor_mask(data: bytes, key: bytes) -> bytes:
     return value.to_bytes(size, "little")
 
 
-def _limit(*limits: int) -> int:
-    return min([FAST_FRAME_MAX, *(limit for limit in limits if limit and limit > 0)])
+def _smallest(limit: int, *others: int) -> int:
+    for other in others:
+        if 0 < other < limit:
+            limit = other
+    return limit
 
 
 def prepare(leg: Any) -> None:
@@ -62,16 +65,12 @@ def prepare(leg: Any) -> None:
     )
     server = bool(leg.factory.isServer)
     leg.fast_in = plain and (not server or leg.requireMaskedClientFrames)
-    leg.fast_in_max = _limit(leg.maxFramePayloadSize, leg.maxMessagePayloadSize)
+    leg.fast_in_max = _smallest(FAST_FRAME_MAX, leg.maxFramePayloadSize, leg.maxMessagePayloadSize)
     # What the peer must send: masked frames to a server, unmasked ones to a client (a
     # client that accepts masked server frames takes the ordinary path for those).
     leg.fast_in_mask = 0x80 if server else 0
     leg.fast_out = plain
-    leg.fast_out_max = min(
-        limit
-        for limit in (leg.autoFragmentSize, leg.maxMessagePayloadSize, 1 << 62)
-        if limit and limit > 0
-    )
+    leg.fast_out_max = _smallest(1 << 62, leg.autoFragmentSize, leg.maxMessagePayloadSize)
     leg.fast_out_masked = bool(leg.maskServerFrames if server else leg.maskClientFrames)
 
 

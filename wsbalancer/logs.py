@@ -28,14 +28,30 @@ _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 observer = FilteringLogObserver(globalLogPublisher, [_predicate])
 
 
+_ORDER = list(LEVELS.values())
+_wanted = set(_ORDER[1:])  # the levels that pass the filter (info and above to begin with)
+
+
+class _LevelledLogger(Logger):
+    """A Logger that drops an event below the configured level before building it: the
+    info line per session open and close is otherwise formatted into an event only for
+    the filter to discard it (a couple of per cent of a session's CPU at `warn`)."""
+
+    def emit(self, level: LogLevel, format: str | None = None, **kwargs: Any) -> None:
+        if level in _wanted:
+            super().emit(level, format, **kwargs)
+
+
 def logger(namespace: str) -> Logger:
     """A Logger whose events pass the configured level filter."""
-    return Logger(namespace=namespace, observer=observer)
+    return _LevelledLogger(namespace=namespace, observer=observer)
 
 
 def set_level(level: str) -> None:
     """Apply `log.level` to our events and to Autobahn's (which stays quieter unless debug)."""
     _predicate.setLogLevelForNamespace("", LEVELS[level])
+    _wanted.clear()
+    _wanted.update(_ORDER[_ORDER.index(LEVELS[level]) :])
     txaio.set_global_log_level("debug" if level == "debug" else "warn")  # type: ignore[attr-defined]
 
 
