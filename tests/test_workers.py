@@ -107,6 +107,14 @@ def test_sessions_spread_over_processes_and_metrics_merge(setup: Setup) -> None:
         per_worker = [w["sessions"] for w in doc["workers"]]
         assert sum(per_worker) == doc["sessions"] == total
         assert sum(b["localSessions"] for b in doc["backends"]) == total
+        # The admin API's backend views count every process's sessions too.
+        listed_backends = admin(setup.admin, "/api/backends")["backends"]
+        assert sum(b["localSessions"] for b in listed_backends) == total
+        assert sum(b["picks"] for b in listed_backends) >= total
+        one = admin(setup.admin, "/api/backends/b1")
+        assert one["localSessions"] == next(
+            b["localSessions"] for b in listed_backends if b["id"] == "b1"
+        )
         metrics = admin(setup.admin, "/metrics")
         active = [
             float(line.split()[-1])

@@ -23,6 +23,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from .config import DEFAULT_POOL, ConfigError, _BackendSpec, _build_backend
 from .logs import logger
+from .worker_metrics import add_backend_figures
 from .workers import session_owner
 
 if TYPE_CHECKING:
@@ -123,6 +124,8 @@ class AdminApi(Resource):
                 elif len(parts) == 1 and method == "GET":
                     return self._all_sessions(request)
             status, document = self._route(method, parts, request)
+            if self.workers is not None and method == "GET" and parts[:1] == ["backends"]:
+                return self._all_backend_figures(request, status, document)
         except ApiError as e:
             status, document = e.status, {"error": e.error, "reason": e.reason}
             if e.status == 401:
@@ -167,6 +170,20 @@ class AdminApi(Resource):
             for _, body in await self.workers.gather(_uri(request), _auth(request)):
                 own["sessions"] += json.loads(body).get("sessions", [])
             return json.dumps(own, indent=1).encode() + b"\n"
+
+        return finish_later(request, ensureDeferred(answer()))
+
+    def _all_backend_figures(self, request: Request, status: int, document: Any) -> Any:
+        """A backend view with every process's own figures (its sessions, dials, picks)
+        summed; the fleet-wide ones (health, reported count, state) are the master's."""
+        own = document["backends"] if "backends" in document else [document]
+
+        async def answer() -> bytes:
+            for _, body in await self.workers.gather(_uri(request), _auth(request)):
+                doc = json.loads(body)
+                add_backend_figures(own, doc["backends"] if "backends" in doc else [doc])
+            request.setResponseCode(status)
+            return json.dumps(document, indent=1).encode() + b"\n"
 
         return finish_later(request, ensureDeferred(answer()))
 

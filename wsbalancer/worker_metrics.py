@@ -54,20 +54,25 @@ def merge_prometheus(texts: list[bytes]) -> bytes:
     return generate_latest(registry)
 
 
+def add_backend_figures(own: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> None:
+    """Add another process's own per-backend figures to the master's backend views."""
+    by_id = {b["id"]: b for b in own}
+    for backend in theirs:
+        mine = by_id.get(backend.get("id"))
+        if mine is None:
+            continue
+        for field in ADDITIVE_BACKEND_FIELDS:
+            mine[field] = (mine.get(field) or 0) + (backend.get(field) or 0)
+
+
 def merge_balancer_metrics(
     own: dict[str, Any], others: list[tuple[int, dict[str, Any]]]
 ) -> dict[str, Any]:
     """The master's JSON metrics with the workers' own figures added in."""
     workers = [{"index": 0, "pid": os.getpid(), "sessions": own["sessions"]}]
-    by_id = {b["id"]: b for b in own["backends"]}
     for index, doc in others:
         workers.append({"index": index, "sessions": doc.get("sessions", 0)})
         own["sessions"] += doc.get("sessions", 0)
-        for backend in doc.get("backends", []):
-            mine = by_id.get(backend.get("id"))
-            if mine is None:
-                continue
-            for field in ADDITIVE_BACKEND_FIELDS:
-                mine[field] = (mine.get(field) or 0) + (backend.get(field) or 0)
+        add_backend_figures(own["backends"], doc.get("backends", []))
     own["workers"] = workers
     return own
