@@ -8,6 +8,7 @@ import base64
 import hashlib
 import os
 import struct
+import zlib
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.testing import StringTransport
 
 from wsbalancer import frames
+from wsbalancer.compression import accept_deflate_offer
 
 OPEN = WebSocketProtocol.STATE_OPEN
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -61,20 +63,24 @@ class Client(Recording, frames.FastFrames, WebSocketClientProtocol):  # type: ig
     splice_out = None
 
 
-def server_leg(fast: bool, **options: Any) -> Server:
+def server_leg(fast: bool, deflate: bool = False, **options: Any) -> Server:
     factory = WebSocketServerFactory("ws://127.0.0.1:9000")
+    if deflate:
+        options["perMessageCompressionAccept"] = accept_deflate_offer
     factory.setProtocolOptions(**options)
     factory.protocol = Server
     leg = factory.buildProtocol(None)
     leg.fast = fast
     leg.makeConnection(Transport())
     key = base64.b64encode(os.urandom(16))
+    offer = b"Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else b""
     leg.dataReceived(
         b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n" + offer + b""
         b"Sec-WebSocket-Version: 13\r\n\r\n"
     )
     assert leg.state == OPEN
+    assert (leg._perMessageCompress is not None) == deflate
     leg.transport.clear()
     return leg
 
@@ -265,3 +271,130 @@ def test_simple_frames_never_reach_autobahns_parser() -> None:
     assert len(leg.messages) == 3 and calls == []
     leg.dataReceived(frame(9, b"ping"))  # a control frame is Autobahn's
     assert len(calls) == 1
+
+
+class Deflater:
+    """A client's permessage-deflate stream (context kept between messages)."""
+
+    def __init__(self) -> None:
+        self.z = zlib.compressobj(6, zlib.DEFLATED, -15)
+
+    def message(self, payload: bytes) -> bytes:
+        data = self.z.compress(payload) + self.z.flush(zlib.Z_SYNC_FLUSH)
+        return data[:-4]
+
+
+def deflated_stream(*parts: tuple[str, Any]) -> bytes:
+    z = Deflater()
+    out = b""
+    for kind, payload in parts:
+        if kind == "text" or kind == "binary":
+            out += frame(1 if kind == "text" else 2, z.message(payload), rsv=4)
+        elif kind == "plain":
+            out += frame(2, payload)
+        else:
+            out += payload  # raw bytes, as given
+    return out
+
+
+DEFLATED = {
+    "good": deflated_stream(
+        ("text", "héllo wörld".encode()),
+        ("text", b"hello hello hello hello"),  # refers back to earlier messages
+        ("binary", os.urandom(2000)),
+        ("plain", b"uncompressed on a compressing leg"),
+        ("binary", b"x" * 50000),  # inflates far beyond its frame
+        ("raw", frame(9, b"ping")),
+        ("text", b"after"),
+    ),
+    "invalid UTF-8 inside": deflated_stream(
+        ("text", b"ok"), ("text", b"\xce\xba\xed\xa0\x80"), ("text", b"x")
+    ),
+    "corrupt deflate data": deflated_stream(("text", b"ok"))
+    + frame(2, b"\xff\xff\xff\xff", rsv=4)
+    + frame(8, struct.pack("!H", 1000)),
+    "too large once inflated": deflated_stream(("binary", b"ok"), ("binary", b"y" * 100000)),
+    "compressed continuation": frame(1, b"x", fin=False, rsv=4) + frame(0, b"y", rsv=4),
+}
+
+
+@pytest.mark.parametrize("name", list(DEFLATED))
+def test_compressed_leg_agrees_with_autobahn_on_every_cut(name: str) -> None:
+    stream = DEFLATED[name]
+    for cuts in cuts_of(stream):
+        # failByDrop off, as the balancer runs: a failed leg sends its close and waits
+        fast = server_leg(True, deflate=True, maxMessagePayloadSize=60000, failByDrop=False)
+        slow = server_leg(False, deflate=True, maxMessagePayloadSize=60000, failByDrop=False)
+        feed(fast, stream, cuts)
+        feed(slow, stream, cuts)
+        if name == "good":
+            assert outcome(fast) == outcome(slow), cuts
+            assert fast.transport.value() == slow.transport.value(), cuts
+            continue
+        # The same messages delivered and the same close sent. What follows may differ:
+        # after failing a compressed message Autobahn's parser stays inside that frame
+        # (it never reads the peer's close reply, and fails invalid UTF-8 twice, dropping
+        # the connection), while the fast path goes on to read the reply.
+        assert outcome(fast)[0] == outcome(slow)[0], (name, cuts)
+        assert fast.localCloseCode == slow.localCloseCode and fast.failedByMe, (name, cuts)
+        assert fast.transport.value()[:4] == slow.transport.value()[:4], (name, cuts)
+    if name == "good":
+        assert len(fast.messages) == 6 and fast.state == OPEN
+    else:
+        assert fast.state != OPEN
+
+
+def test_compressed_sends_match_autobahns_bytes() -> None:
+    fast, slow = server_leg(True, deflate=True), server_leg(False, deflate=True)
+    for payload, binary in [
+        (b"hello", False),
+        (b"hello hello", False),
+        (os.urandom(3000), True),
+        (b"z" * 70000, True),
+    ]:
+        fast.sendMessage(payload, binary)
+        slow.sendMessage(payload, binary)
+    assert fast.transport.value() == slow.transport.value()
+    assert fast.transport.value()[0] == 0xC1  # FIN, RSV1, text
+    fast.transport.clear()
+    fast.sendMessage(b"as it is", True, doNotCompress=True)
+    assert fast.transport.value() == b"\x82\x08as it is"
+
+
+def relay_pair(**backend_options: Any) -> tuple[Server, Client, list[bytes]]:
+    """A client-facing leg whose messages go to a backend-facing leg, as in the relay; the
+    backend leg's transport writes are recorded one by one."""
+    front = server_leg(True)
+    back = client_leg(True)
+    for name, value in backend_options.items():
+        setattr(back, name, value)
+    frames.prepare(back)
+    writes: list[bytes] = []
+    back.transport.write = writes.append  # type: ignore[method-assign]
+    front.onMessage = lambda payload, is_binary: back.sendMessage(payload, is_binary)  # type: ignore[method-assign]
+    return front, back, writes
+
+
+def parse_sent(writes: list[bytes]) -> list[tuple[bytes, bool]]:
+    """What a server would receive from those writes."""
+    peer = server_leg(False, maxMessagePayloadSize=0)
+    peer.dataReceived(b"".join(writes))
+    return peer.messages
+
+
+def test_frames_relayed_from_one_read_go_out_in_one_write() -> None:
+    front, _, writes = relay_pair()
+    front.dataReceived(frame(2, b"one") + frame(2, b"two") + frame(1, b"three"))
+    assert len(writes) == 1
+    assert parse_sent(writes) == [(b"one", True), (b"two", True), (b"three", False)]
+    front.dataReceived(frame(2, b"four"))
+    assert len(writes) == 2
+
+
+def test_a_write_by_autobahn_in_the_middle_keeps_the_order() -> None:
+    # Messages over 100 bytes are fragmented by Autobahn on the backend leg, so its own
+    # writes interleave with the batched ones.
+    front, _, writes = relay_pair(autoFragmentSize=100)
+    big = os.urandom(300)
+    front.dataReceived(frame(2, b"a") + frame(2, b"b") + frame(2, big) + frame(2, b"c"))
+    assert parse_sent(writes) == [(b"a", True), (b"b", True), (big, True), (b"c", True)]

@@ -7,18 +7,23 @@ begin, message end), each with state updates, traffic statistics and a masker ob
 arrived whole in one read, so this module handles exactly that case itself and leaves every
 other to Autobahn:
 
-- received: an unfragmented text or binary frame (FIN set, no RSV bits, 7- or minimal
-  16-bit length within the leg's size limits), masked exactly as the leg's role requires,
-  arriving while Autobahn is between messages, on a leg without compression. Text is
-  checked to be valid UTF-8 (Python's strict decoder rejects what RFC 3629 forbids:
-  overlong forms, surrogates, code points past U+10FFFF). Anything else, from that frame
-  on, goes to Autobahn, which accepts it or fails the connection exactly as before.
-- sent: a whole message on an open, uncompressed leg that is not mid-message, within the
-  leg's size and fragmentation limits; framed and masked as Autobahn would frame it.
+- received: an unfragmented text or binary frame (FIN set, 7- or minimal 16-bit length
+  within the leg's size limits), masked exactly as the leg's role requires, arriving while
+  Autobahn is between messages; with no RSV bit, or with RSV1 on a leg that negotiated
+  permessage-deflate, in which case it is inflated through the leg's own extension object
+  (the same calls, limits and errors as Autobahn's). Text is checked to be valid UTF-8
+  (Python's strict decoder rejects what RFC 3629 forbids: overlong forms, surrogates,
+  code points past U+10FFFF). Anything else, from that frame on, goes to Autobahn, which
+  accepts it or fails the connection as before; a compressed message that fails after
+  inflating began is failed here with Autobahn's own close code and reason.
+- sent: a whole message on an open leg that is not mid-message, within the leg's size and
+  fragmentation limits; compressed through the leg's extension when it has one, framed and
+  masked as Autobahn would frame it.
 
-A frame whose header passed but whose payload has not all arrived is left in the leg's
-Autobahn buffer (`data`), from where either path resumes: the state is the one Autobahn is
-in between two frames.
+A small binary frame whose header passed but whose payload has not all arrived is left in
+the leg's Autobahn buffer (`data`), from where either path resumes: the state is the one
+Autobahn is in between two frames. Frames relayed from one read are written to the other
+leg together, in one send.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from autobahn.exception import PayloadCorruptError, PayloadExceededError
+from autobahn.websocket.compress_deflate import PerMessageDeflate
 from autobahn.websocket.protocol import WebSocketProtocol
 
 from .lean import SMALL_FRAME, _native_masker
@@ -57,12 +64,15 @@ def _smallest(limit: int, *others: int) -> int:
 
 def prepare(leg: Any) -> None:
     """Decide, once the leg is open, whether its messages may take the fast path."""
+    pmce = leg._perMessageCompress
+    deflate = pmce if isinstance(pmce, PerMessageDeflate) else None
     plain = (
-        leg._perMessageCompress is None
+        (pmce is None or deflate is not None)
         and not leg.logFrames
         and not leg.logOctets
         and not leg.trackedTimings
     )
+    leg.fast_deflate = deflate
     server = bool(leg.factory.isServer)
     leg.fast_in = plain and (not server or leg.requireMaskedClientFrames)
     leg.fast_in_max = _smallest(FAST_FRAME_MAX, leg.maxFramePayloadSize, leg.maxMessagePayloadSize)
@@ -74,8 +84,39 @@ def prepare(leg: Any) -> None:
     leg.fast_out_masked = bool(leg.maskServerFrames if server else leg.maskClientFrames)
 
 
+# Frames relayed while one read is being parsed, by the leg they go to: written together
+# once the read is done (one send instead of one per frame, when a read carried several).
+_batch: dict[Any, list[bytes]] | None = None
+
+
 def receive(leg: Any, data: bytes) -> None:
     """Bytes read on an open leg whose Autobahn parser is between messages."""
+    global _batch
+    if _batch is not None:
+        _receive(leg, data)
+        return
+    batch: dict[Any, list[bytes]] = {}
+    _batch = batch
+    try:
+        _receive(leg, data)
+    finally:
+        _batch = None
+        for target, chunks in batch.items():
+            if chunks:
+                target.sendData(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+
+def flush_batched(leg: Any) -> None:
+    """Write what is batched for `leg` now: something else is about to be written to it."""
+    batch = _batch
+    if batch is not None:
+        chunks = batch.get(leg)
+        if chunks:
+            batch[leg] = []
+            leg.sendData(b"".join(chunks))
+
+
+def _receive(leg: Any, data: bytes) -> None:
     if leg.data:
         data = leg.data + data  # the start of a frame an earlier read left
         leg.data = b""
@@ -84,6 +125,7 @@ def receive(leg: Any, data: bytes) -> None:
     want_mask = leg.fast_in_mask
     limit = leg.fast_in_max
     validate = leg.utf8validateIncoming
+    deflate = leg.fast_deflate
     while True:
         if size - pos < 2:
             if pos < size:
@@ -91,7 +133,10 @@ def receive(leg: Any, data: bytes) -> None:
             return
         b0 = data[pos]
         if b0 != 0x82 and b0 != 0x81:
-            break  # fragmented, compressed, control or invalid: Autobahn's
+            # fragmented, control or invalid: Autobahn's; compressed (RSV1): ours when the
+            # leg negotiated permessage-deflate
+            if deflate is None or (b0 != 0xC2 and b0 != 0xC1):
+                break
         b1 = data[pos + 1]
         if b1 & 0x80 != want_mask:
             break
@@ -112,22 +157,39 @@ def receive(leg: Any, data: bytes) -> None:
         start = pos + head
         end = start + length
         if end > size:
-            if length > HOLD_MAX:
+            # Not all here yet. A small binary frame waits whole; text goes to Autobahn,
+            # whose streaming validator fails invalid UTF-8 as soon as it arrives rather
+            # than at the frame's end (conformance cases 6.4.*), and so does compressed
+            # data (inflated, and size-checked, as it arrives).
+            if length > HOLD_MAX or b0 != 0x82:
                 break
             leg.data = data[pos:]
             return
         payload = data[start:end]
         if want_mask and length:
             payload = xor_mask(payload, data[start - 4 : start])
-        if b0 == 0x81 and validate:
-            try:
-                payload.decode("utf-8")
-            except UnicodeDecodeError:
-                break  # Autobahn fails the connection with 1007
+        text = not b0 & 0x02
+        if b0 & 0x40:
+            # The inflater's state moves with each compressed message, so from here on a
+            # fault is failed here, as Autobahn fails it, rather than handed back.
+            inflated = inflate(leg, deflate, payload)
+            if inflated is None or (text and validate and not valid_utf8(leg, inflated)):
+                leg.data = data[end:]  # after the failure: the peer's close, say
+                return
+            payload = inflated
+            leg._isMessageCompressed = True
+        else:
+            if text and validate:
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break  # Autobahn fails the connection with 1007
+            if deflate is not None:
+                leg._isMessageCompressed = False
         pos = end
         if leg.autoPingTimeoutCall and leg.autoPingRestartOnAnyTraffic:
             leg._cancelAutoPingTimeoutCall()
-        leg.onMessage(payload, b0 == 0x82)
+        leg.onMessage(payload, not text)
         if leg.state != OPEN or leg.splice_out is not None:
             # Closing (or spliced) meanwhile: the rest takes the leg's ordinary path.
             if pos < size:
@@ -136,14 +198,70 @@ def receive(leg: Any, data: bytes) -> None:
     leg._dataReceived(data[pos:])
 
 
-def send(leg: Any, payload: bytes, binary: bool) -> bool:
+def inflate(leg: Any, deflate: Any, payload: bytes) -> bytes | None:
+    """A whole compressed message inflated as Autobahn does it (its size limit counts the
+    inflated bytes); None when the leg has been failed for it."""
+    limit = leg.maxMessagePayloadSize
+    deflate.start_decompress_message()
+    try:
+        out: bytes = deflate.decompress_message_data(payload, max_output_len=limit or None)
+        deflate.end_decompress_message()
+    except PayloadExceededError:
+        leg.wasMaxMessagePayloadSizeExceeded = True
+        leg._max_message_size_exceeded(
+            limit,
+            limit,
+            f"received WebSocket message exceeds payload limit of {limit} octets "
+            "after decompression",
+        )
+        return None
+    except PayloadCorruptError as e:
+        leg._invalid_payload(f"received WebSocket message cannot be decompressed: {e}")
+        return None
+    if 0 < limit < len(out):
+        leg.wasMaxMessagePayloadSizeExceeded = True
+        leg._max_message_size_exceeded(
+            len(out), limit, f"received WebSocket message size {len(out)} exceeds {limit}"
+        )
+        return None
+    return out
+
+
+def valid_utf8(leg: Any, payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as e:
+        leg._invalid_payload(
+            f"encountered invalid UTF-8 while processing text message at payload octet "
+            f"index {e.start}"
+        )
+        return False
+    return True
+
+
+# A compressed message may come out a little longer than it went in (stored blocks, for
+# data that does not compress): messages this close to a size limit keep Autobahn's path,
+# which checks the compressed size (the compressor's state cannot be rewound afterwards).
+DEFLATE_SLACK = 1024
+
+
+def send(leg: Any, payload: bytes, binary: bool, compress: bool = True) -> bool:
     """Send one message as one frame; False when it must take Autobahn's path."""
     size = len(payload)
     if not leg.fast_out or leg.state != OPEN or leg.send_state != GROUND:
         return False
-    if size > leg.fast_out_max:
+    deflate = leg.fast_deflate
+    if deflate is not None and compress:
+        if size + (size >> 6) + DEFLATE_SLACK > leg.fast_out_max:
+            return False
+        deflate.start_compress_message()
+        payload = deflate.compress_message_data(payload) + deflate.end_compress_message()
+        size = len(payload)
+        b0 = b"\xc2" if binary else b"\xc1"
+    elif size > leg.fast_out_max:
         return False
-    b0 = b"\x82" if binary else b"\x81"
+    else:
+        b0 = b"\x82" if binary else b"\x81"
     if leg.fast_out_masked:
         key = random.getrandbits(32).to_bytes(4, "big")
         body = xor_mask(payload, key) if size else b""
@@ -158,7 +276,15 @@ def send(leg: Any, payload: bytes, binary: bool) -> bool:
         header = b0 + bytes((mask_bit | 126,)) + size.to_bytes(2, "big")
     else:
         header = b0 + bytes((mask_bit | 127,)) + size.to_bytes(8, "big")
-    leg.sendData(header + key + body)
+    batch = _batch
+    if batch is None:
+        leg.sendData(header + key + body)
+    else:
+        chunks = batch.get(leg)
+        if chunks is None:
+            batch[leg] = [header + key + body]
+        else:
+            chunks.append(header + key + body)
     return True
 
 
@@ -177,7 +303,17 @@ class FastFrames:
         sync: bool = False,
         doNotCompress: bool = False,
     ) -> None:
-        if fragmentSize is None and not sync and not doNotCompress:
-            if send(self, payload, isBinary):
+        if fragmentSize is None and not sync:
+            if send(self, payload, isBinary, not doNotCompress):
                 return
         super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if _batch is not None and _batch.get(self):
+            flush_batched(self)  # frames batched for this leg go first
+        super().sendData(data, sync, chopsize)  # type: ignore[misc]
+
+    def dropConnection(self, abort: bool = False) -> None:
+        if _batch is not None and _batch.get(self) and not abort:
+            flush_batched(self)
+        super().dropConnection(abort)  # type: ignore[misc]
