@@ -86,37 +86,41 @@ def prepare(leg: Any) -> None:
 
 # Frames relayed while one read is being parsed, by the leg they go to: written together
 # once the read is done (one send instead of one per frame, when a read carried several).
-_batch: dict[Any, list[bytes]] | None = None
+# The last frame of a read with nothing batched before it is written at once.
+_batching = False
+_batch: dict[Any, list[bytes]] = {}
+_last_of_read = True
 
 
 def receive(leg: Any, data: bytes) -> None:
     """Bytes read on an open leg whose Autobahn parser is between messages."""
-    global _batch
-    if _batch is not None:
+    global _batching
+    if _batching:
         _receive(leg, data)
         return
-    batch: dict[Any, list[bytes]] = {}
-    _batch = batch
+    _batching = True
     try:
         _receive(leg, data)
     finally:
-        _batch = None
-        for target, chunks in batch.items():
-            if chunks:
-                target.sendData(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        _batching = False
+        if _batch:
+            pending = list(_batch.items())
+            _batch.clear()
+            for target, chunks in pending:
+                if chunks:
+                    target.sendData(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
 
 def flush_batched(leg: Any) -> None:
     """Write what is batched for `leg` now: something else is about to be written to it."""
-    batch = _batch
-    if batch is not None:
-        chunks = batch.get(leg)
-        if chunks:
-            batch[leg] = []
-            leg.sendData(b"".join(chunks))
+    chunks = _batch.get(leg)
+    if chunks:
+        _batch[leg] = []
+        leg.sendData(b"".join(chunks))
 
 
 def _receive(leg: Any, data: bytes) -> None:
+    global _last_of_read
     if leg.data:
         data = leg.data + data  # the start of a frame an earlier read left
         leg.data = b""
@@ -189,7 +193,9 @@ def _receive(leg: Any, data: bytes) -> None:
         pos = end
         if leg.autoPingTimeoutCall and leg.autoPingRestartOnAnyTraffic:
             leg._cancelAutoPingTimeoutCall()
+        _last_of_read = pos == size
         leg.onMessage(payload, not text)
+        _last_of_read = True
         if leg.state != OPEN or leg.splice_out is not None:
             # Closing (or spliced) meanwhile: the rest takes the leg's ordinary path.
             if pos < size:
@@ -276,15 +282,15 @@ def send(leg: Any, payload: bytes, binary: bool, compress: bool = True) -> bool:
         header = b0 + bytes((mask_bit | 126,)) + size.to_bytes(2, "big")
     else:
         header = b0 + bytes((mask_bit | 127,)) + size.to_bytes(8, "big")
-    batch = _batch
-    if batch is None:
-        leg.sendData(header + key + body)
-    else:
-        chunks = batch.get(leg)
-        if chunks is None:
-            batch[leg] = [header + key + body]
-        else:
+    if _batching:
+        chunks = _batch.get(leg)
+        if chunks:
             chunks.append(header + key + body)
+            return True
+        if not _last_of_read:
+            _batch[leg] = [header + key + body]
+            return True
+    leg.sendData(header + key + body)
     return True
 
 
@@ -309,11 +315,11 @@ class FastFrames:
         super().sendMessage(payload, isBinary, fragmentSize, sync, doNotCompress)  # type: ignore[misc]
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        if _batch is not None and _batch.get(self):
+        if _batch and _batch.get(self):
             flush_batched(self)  # frames batched for this leg go first
         super().sendData(data, sync, chopsize)  # type: ignore[misc]
 
     def dropConnection(self, abort: bool = False) -> None:
-        if _batch is not None and _batch.get(self) and not abort:
+        if _batch and _batch.get(self) and not abort:
             flush_batched(self)
         super().dropConnection(abort)  # type: ignore[misc]
