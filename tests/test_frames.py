@@ -266,11 +266,28 @@ def test_simple_frames_never_reach_autobahns_parser() -> None:
     leg = server_leg(True)
     calls: list[bytes] = []
     leg._dataReceived = calls.append  # type: ignore[method-assign]
-    stream = frame(1, b"a") + frame(2, os.urandom(200)) + frame(2, os.urandom(5000))
-    feed(leg, stream, list(range(1, len(stream), 50)))  # frames cut across reads, too
+    first = frame(1, b"a") + frame(2, os.urandom(200))
+    stream = first + frame(2, os.urandom(5000))
+    feed(leg, stream, [len(first) - 100, len(first) + 1000])  # binary frames cut across reads
     assert len(leg.messages) == 3 and calls == []
     leg.dataReceived(frame(9, b"ping"))  # a control frame is Autobahn's
     assert len(calls) == 1
+
+
+def test_a_frame_trickling_in_goes_to_autobahn_after_a_second_read() -> None:
+    leg = server_leg(True)
+    parsed = leg._dataReceived
+    calls: list[bytes] = []
+
+    def autobahn(data: bytes) -> None:
+        calls.append(data)
+        parsed(data)
+
+    leg._dataReceived = autobahn  # type: ignore[method-assign]
+    payload = os.urandom(5000)
+    feed(leg, frame(2, payload), [100, 200, 300])
+    assert leg.messages == [(payload, True)]
+    assert len(calls[0]) == 200  # the first two reads, handed over whole at the second
 
 
 class Deflater:
@@ -334,10 +351,14 @@ def test_compressed_leg_agrees_with_autobahn_on_every_cut(name: str) -> None:
         # The same messages delivered and the same close sent. What follows may differ:
         # after failing a compressed message Autobahn's parser stays inside that frame
         # (it never reads the peer's close reply, and fails invalid UTF-8 twice, dropping
-        # the connection), while the fast path goes on to read the reply.
+        # the connection), while the fast path goes on to read the reply (checked below).
         assert outcome(fast)[0] == outcome(slow)[0], (name, cuts)
         assert fast.localCloseCode == slow.localCloseCode and fast.failedByMe, (name, cuts)
         assert fast.transport.value()[:4] == slow.transport.value()[:4], (name, cuts)
+    if name == "corrupt deflate data":  # its close followed in the same read
+        fast = server_leg(True, deflate=True, failByDrop=False)
+        feed(fast, stream, [])
+        assert fast.localCloseCode == 1007 and fast.remoteCloseCode == 1000
     if name == "good":
         assert len(fast.messages) == 6 and fast.state == OPEN
     else:

@@ -68,6 +68,7 @@ def prepare(leg: Any) -> None:
     deflate = pmce if isinstance(pmce, PerMessageDeflate) else None
     plain = (
         (pmce is None or deflate is not None)
+        and leg.applyMask  # (only a fuzzer turns masking off)
         and not leg.logFrames
         and not leg.logOctets
         and not leg.trackedTimings
@@ -121,7 +122,8 @@ def flush_batched(leg: Any) -> None:
 
 def _receive(leg: Any, data: bytes) -> None:
     global _last_of_read
-    if leg.data:
+    resumed = bool(leg.data)
+    if resumed:
         data = leg.data + data  # the start of a frame an earlier read left
         leg.data = b""
     size = len(data)
@@ -165,7 +167,9 @@ def _receive(leg: Any, data: bytes) -> None:
             # whose streaming validator fails invalid UTF-8 as soon as it arrives rather
             # than at the frame's end (conformance cases 6.4.*), and so does compressed
             # data (inflated, and size-checked, as it arrives).
-            if length > HOLD_MAX or b0 != 0x82:
+            # A frame still short after a second read goes to Autobahn too, which takes it
+            # as it comes instead of copying it whole again on every read.
+            if length > HOLD_MAX or b0 != 0x82 or (resumed and not pos):
                 break
             leg.data = data[pos:]
             return
@@ -178,7 +182,10 @@ def _receive(leg: Any, data: bytes) -> None:
             # fault is failed here, as Autobahn fails it, rather than handed back.
             inflated = inflate(leg, deflate, payload)
             if inflated is None or (text and validate and not valid_utf8(leg, inflated)):
-                leg.data = data[end:]  # after the failure: the peer's close, say
+                # Failed (closing): what followed in this read, the peer's close say, is
+                # Autobahn's to read; having failed, it delivers no more messages.
+                if end < size:
+                    leg._dataReceived(data[end:])
                 return
             payload = inflated
             leg._isMessageCompressed = True
@@ -194,8 +201,10 @@ def _receive(leg: Any, data: bytes) -> None:
         if leg.autoPingTimeoutCall and leg.autoPingRestartOnAnyTraffic:
             leg._cancelAutoPingTimeoutCall()
         _last_of_read = pos == size
-        leg.onMessage(payload, not text)
-        _last_of_read = True
+        try:
+            leg.onMessage(payload, not text)
+        finally:
+            _last_of_read = True
         if leg.state != OPEN or leg.splice_out is not None:
             # Closing (or spliced) meanwhile: the rest takes the leg's ordinary path.
             if pos < size:
