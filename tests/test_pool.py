@@ -323,6 +323,24 @@ def test_confirmed_backend_goes_down_after_fall_failures_and_up_after_rise() -> 
     assert pool.pick() is a
 
 
+def test_last_resort_offers_backends_marked_down_but_not_those_an_operator_took_out() -> None:
+    pool, _ = make_pool("abcd", fall=1)
+    for name in "abcd":
+        report(pool, name, 0)
+    a, b, c, d = (pool.backends[n] for n in "abcd")
+    pool.poll_failed(a, "x")  # down by the health checks
+    for _ in range(10):
+        pool.dial_failed(b, counts_against_breaker=True)  # its breaker opens
+    c.enabled = False
+    d.draining = True
+    assert pool.breaker_state(b) == OPEN
+    assert pool.pick() is None
+    offered = {pool.last_resort(exclude=tried).id for tried in ((), ("a",), ("b",))}  # type: ignore[union-attr]
+    assert offered == {"a", "b"}
+    assert pool.last_resort(exclude=("a", "b")) is None
+    assert pool.breaker_state(b) == OPEN  # offering it changed nothing
+
+
 def test_a_success_between_failures_resets_the_fall_count() -> None:
     pool, _ = make_pool("a", fall=2)
     a = pool.backends["a"]

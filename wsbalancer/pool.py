@@ -179,6 +179,19 @@ class BackendPool:
             self._set_breaker(chosen, HALF_OPEN)
         return chosen
 
+    def last_resort(self, exclude: Iterable[str] = ()) -> BackendState | None:
+        """When no backend is usable: the least loaded of those only marked down (by the
+        health checks or an open breaker), not taken out by an operator. A session failing
+        over tries them before its client is closed: a backend just restarted is up before
+        its health checks have seen it rise."""
+        skip = set(exclude)
+        choices = [
+            b
+            for b in self.backends.values()
+            if b.id not in skip and b.enabled and not b.draining and not b.removed
+        ]
+        return self._least_loaded(choices) if choices else None
+
     def _least_loaded(self, choices: Sequence[BackendState]) -> BackendState:
         loads = [(self.load(b), b) for b in choices]
         lowest = min(load for load, _ in loads)

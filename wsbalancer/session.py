@@ -209,10 +209,15 @@ class RelaySession:
         return self.subprotocol, back
 
     async def _connect(
-        self, exclude: Any, attempt: int = 0, prefer: BackendState | None = None
+        self,
+        exclude: Any,
+        attempt: int = 0,
+        prefer: BackendState | None = None,
+        last_resort: bool = False,
     ) -> BackendProtocol:
         """Dial usable backends in pick order until one opens; attach it to the session.
-        `prefer` (the session's pinned backend) is tried first."""
+        `prefer` (the session's pinned backend) is tried first; with `last_resort`, the
+        backends only marked down are tried once no usable one is left."""
         balancer = self.balancer
         lane = self.lane
         pool = lane.pool
@@ -226,7 +231,11 @@ class RelaySession:
         tried = list(exclude)
         errors: list[str] = []
         reached = False
-        while (backend := _pinned(prefer, tried) or pool.pick(exclude=tried)) is not None:
+        while (
+            backend := _pinned(prefer, tried)
+            or pool.pick(exclude=tried)
+            or (pool.last_resort(tried) if last_resort else None)
+        ) is not None:
             prefer = None
             tried.append(backend.id)
             pool.dial_started(backend)
@@ -387,7 +396,9 @@ class RelaySession:
             if self.client_gone:
                 return
             try:
-                await self._connect(exclude, attempt=self.reconnects + 1)
+                # From the second round on, backends marked down are tried too: flapping
+                # backends can leave none marked usable while one is in fact up again.
+                await self._connect(exclude, attempt=self.reconnects + 1, last_resort=attempt > 1)
             except NoBackendError as e:
                 errors += e.errors
                 reached = reached or e.reached
