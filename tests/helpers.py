@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -199,3 +201,21 @@ def start_http_backend(name: str, **kwargs: Any) -> RunningHTTPBackend:
     site.noisy = False
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     return RunningHTTPBackend(resource, port)
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True, rsv: int = 0) -> bytes:
+    """One WebSocket frame as a peer sends it (masked with a random key unless `mask` is off)."""
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    size = len(payload)
+    bit = 0x80 if mask else 0
+    if size < 126:
+        head += bytes([bit | size])
+    elif size < 65536:
+        head += bytes([bit | 126]) + struct.pack("!H", size)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", size)
+    if mask:
+        key = os.urandom(4)
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        head += key
+    return head + payload

@@ -24,6 +24,8 @@ from twisted.internet.testing import StringTransport
 from wsbalancer import frames
 from wsbalancer.compression import accept_deflate_offer
 
+from .helpers import frame
+
 OPEN = WebSocketProtocol.STATE_OPEN
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -102,23 +104,6 @@ def client_leg(fast: bool) -> Client:
     )
     assert leg.state == OPEN
     return leg
-
-
-def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True, rsv: int = 0) -> bytes:
-    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
-    size = len(payload)
-    bit = 0x80 if mask else 0
-    if size < 126:
-        head += bytes([bit | size])
-    elif size < 65536:
-        head += bytes([bit | 126]) + struct.pack("!H", size)
-    else:
-        head += bytes([bit | 127]) + struct.pack("!Q", size)
-    if mask:
-        key = os.urandom(4)
-        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-        head += key
-    return head + payload
 
 
 def outcome(leg: Any) -> tuple[Any, ...]:

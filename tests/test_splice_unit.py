@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import os
-import struct
 from typing import Any
 
 from wsbalancer.splice import SpliceDirection
 
+from .helpers import frame
+
 OPEN = 3  # WebSocketProtocol.STATE_OPEN
-
-
-def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> bytes:
-    head = bytes([(0x80 if fin else 0) | opcode])
-    size = len(payload)
-    bit = 0x80 if mask else 0
-    if size < 126:
-        head += bytes([bit | size])
-    elif size < 65536:
-        head += bytes([bit | 126]) + struct.pack("!H", size)
-    else:
-        head += bytes([bit | 127]) + struct.pack("!Q", size)
-    if mask:
-        key = os.urandom(4)
-        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-        head += key
-    return head + payload
 
 
 class Transport:
