@@ -16,6 +16,8 @@ import autobahn.websocket.protocol as autobahn_protocol
 from twisted.internet import epollreactor, tcp
 from twisted.python import log as legacy_log
 
+from . import reactor_loop  # noqa: F401  (installs the leaner epoll main loop)
+
 
 class _LazyFormat:
     """pprint.pformat, deferred until the text is wanted."""

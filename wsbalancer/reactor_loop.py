@@ -1,0 +1,94 @@
+"""A leaner main loop for Twisted's epoll reactor, with the same behaviour.
+
+Per wake-up, Twisted's loop runs its timed-call pass and its sleep computation (each
+inserting new calls, reading the clock, walking the heap) under a context manager, then
+dispatches every ready descriptor through two wrapper calls. A relay carrying one small
+message per wake-up pays that for every message: measured at about 3 us of a 30-40 us
+echo. This loop does the same work, skipping what is provably a no-op:
+
+- the timed-call pass runs only when something is due (a call inserted, due or a pass
+  owed for cancelled calls, a call from a thread, a stop), exactly when Twisted's own pass
+  would do anything;
+- a descriptor that is only readable goes straight to its `doRead`, with the same fileno
+  check, error logging and disconnect as `_doReadOrWrite`; any other event takes
+  `_doReadOrWrite` itself.
+
+Installed on `EPollReactor` when this module is imported (by `lean.py`).
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from select import EPOLLIN
+from typing import Any
+
+from twisted.internet import epollreactor
+from twisted.internet.posixbase import _NO_FILEDESC
+from twisted.logger import Logger
+from twisted.python import log as legacy_log
+
+_log = Logger(namespace="twisted.internet.base")
+LONGEST_SLEEP = 2147483  # seconds: epoll_wait's timeout is an int of milliseconds
+
+
+def main_loop(reactor: Any) -> None:
+    """`ReactorBase.mainLoop`: iterate until stopped; an error is logged, never fatal."""
+    while reactor._started:
+        try:
+            _iterate(reactor)
+        except BaseException:
+            _log.failure("Unexpected error in main loop")
+    _log.info("Main loop terminated.")
+
+
+def _iterate(reactor: Any) -> None:
+    poll = reactor._poller.poll
+    selectables = reactor._selectables
+    seconds = reactor.seconds
+    run_due = reactor.runUntilCurrent
+    read_or_write = reactor._doReadOrWrite
+    disconnect = reactor._disconnectSelectable
+    call_with_logger = epollreactor.log.callWithLogger
+    while reactor._started:
+        pending = reactor._pendingTimedCalls
+        if (
+            reactor._newTimedCalls
+            or reactor.threadCallQueue
+            or reactor._justStopped
+            or reactor._cancellations > 50
+            or (pending and pending[0].time <= seconds())
+        ):
+            run_due()
+            if reactor._newTimedCalls:
+                reactor._insertNewDelayedCalls()  # calls made by the calls just run
+            pending = reactor._pendingTimedCalls
+        if not reactor.running:
+            timeout: float = 0
+        elif pending:
+            timeout = min(max(pending[0].time - seconds(), 0), LONGEST_SLEEP)
+        else:
+            timeout = -1
+        try:
+            events = poll(timeout, len(selectables))
+        except OSError as err:
+            if err.errno == errno.EINTR:
+                continue
+            raise
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue  # removed by an earlier event of this wake-up
+            if event != EPOLLIN:
+                call_with_logger(selectable, read_or_write, selectable, fd, event)
+                continue
+            try:
+                why = _NO_FILEDESC if selectable.fileno() == -1 else selectable.doRead()
+            except BaseException:
+                why = sys.exc_info()[1]
+                legacy_log.err()
+            if why:
+                disconnect(selectable, why, True)
+
+
+epollreactor.EPollReactor.mainLoop = main_loop  # type: ignore[method-assign,assignment]
