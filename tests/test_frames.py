@@ -65,12 +65,14 @@ class Client(Recording, frames.FastFrames, WebSocketClientProtocol):  # type: ig
     splice_out = None
 
 
-def server_leg(fast: bool, deflate: bool = False, **options: Any) -> Server:
+def server_leg(
+    fast: bool, deflate: bool = False, protocol: type = Server, **options: Any
+) -> Server:
     factory = WebSocketServerFactory("ws://127.0.0.1:9000")
     if deflate:
         options["perMessageCompressionAccept"] = accept_deflate_offer
     factory.setProtocolOptions(**options)
-    factory.protocol = Server
+    factory.protocol = protocol
     leg = factory.buildProtocol(None)
     leg.fast = fast
     leg.makeConnection(Transport())
@@ -87,9 +89,9 @@ def server_leg(fast: bool, deflate: bool = False, **options: Any) -> Server:
     return leg
 
 
-def client_leg(fast: bool) -> Client:
+def client_leg(fast: bool, protocol: type = Client) -> Client:
     factory = WebSocketClientFactory("ws://127.0.0.1:9000")
-    factory.protocol = Client
+    factory.protocol = protocol
     leg = factory.buildProtocol(None)
     leg.fast = fast
     transport = Transport()
@@ -404,3 +406,97 @@ def test_a_write_by_autobahn_in_the_middle_keeps_the_order() -> None:
     big = os.urandom(300)
     front.dataReceived(frame(2, b"a") + frame(2, b"b") + frame(2, big) + frame(2, b"c"))
     assert parse_sent(writes) == [(b"a", True), (b"b", True), (big, True), (b"c", True)]
+
+
+class Relaying:
+    """A leg whose frames may be relayed straight to `partner`, as relay.py's legs are;
+    whatever takes the ordinary path is relayed by onMessage, as relay.py does it."""
+
+    relays_direct = True
+    partner: Any = None
+
+    def onOpen(self) -> None:
+        super().onOpen()  # type: ignore[misc]
+        self.direct = 0
+
+    def relayed(self, size: int) -> None:
+        self.direct += 1
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        super().onMessage(payload, isBinary)  # type: ignore[misc]
+        if self.partner.state == OPEN:
+            self.partner.sendMessage(payload, isBinary)
+
+
+class RelayingServer(Relaying, Server):  # type: ignore[misc]
+    pass
+
+
+class RelayingClient(Relaying, Client):  # type: ignore[misc]
+    pass
+
+
+def direct_pair() -> tuple[RelayingServer, RelayingClient, list[bytes], list[bytes]]:
+    """A client leg and a backend leg relaying to each other; the writes toward the backend
+    and toward the client, one list each."""
+    front = server_leg(True, protocol=RelayingServer)
+    back = client_leg(True, protocol=RelayingClient)
+    front.partner, back.partner = back, front
+    to_backend: list[bytes] = []
+    to_client: list[bytes] = []
+    back.transport.write = to_backend.append  # type: ignore[method-assign]
+    front.transport.write = to_client.append  # type: ignore[method-assign]
+    return front, back, to_backend, to_client
+
+
+def test_direct_relay_delivers_what_autobahn_would_on_every_cut() -> None:
+    for cuts in cuts_of(GOOD):
+        front, _, to_backend, _ = direct_pair()
+        slow = server_leg(False)
+        feed(front, GOOD, cuts)
+        feed(slow, GOOD, cuts)
+        assert parse_sent(to_backend) == slow.messages, cuts
+    front, _, to_backend, _ = direct_pair()
+    feed(front, GOOD, [])
+    # The four simple frames before the ping; Autobahn's parser reads the rest of that read.
+    assert front.direct == 4 and len(front.messages) == 5
+
+
+def test_direct_relay_gives_each_client_frame_a_fresh_key() -> None:
+    front, back, to_backend, _ = direct_pair()
+    sent = frame(2, b"x" * 40) + frame(1, "ünï".encode())
+    front.dataReceived(sent)
+    assert front.direct == 2 and len(to_backend) == 1
+    out = to_backend[0]
+    assert out[:2] == sent[:2] and out[2:6] != sent[2:6]  # same header, another key
+    assert parse_sent(to_backend) == [(b"x" * 40, True), ("ünï".encode(), False)]
+
+
+def test_direct_relay_fails_invalid_text_as_autobahn_does() -> None:
+    stream = BAD["invalid UTF-8"]
+    for cuts in cuts_of(stream):
+        front, _, to_backend, _ = direct_pair()
+        slow = server_leg(False)
+        feed(front, stream, cuts)
+        feed(slow, stream, cuts)
+        assert outcome(front)[1:] == outcome(slow)[1:] and front.failedByMe
+        assert parse_sent(to_backend) == [(b"ok", False)]
+
+
+def test_backend_frames_reach_the_client_byte_for_byte() -> None:
+    _, back, _, to_client = direct_pair()
+    stream = frame(2, os.urandom(300), mask=False) + frame(1, b"text", mask=False)
+    back.dataReceived(stream)
+    assert back.direct == 2 and b"".join(to_client) == stream
+
+
+def test_direct_relay_steps_aside_while_the_partner_is_mid_message() -> None:
+    front, back, to_backend, _ = direct_pair()
+    back.send_state = WebSocketProtocol.SEND_STATE_INSIDE_MESSAGE  # sending a fragmented one
+    front.dataReceived(frame(2, b"waits its turn"))
+    assert front.direct == 0 and front.messages == [(b"waits its turn", True)]
+    back.send_state = WebSocketProtocol.SEND_STATE_GROUND
+    back.sendClose(1000)  # a closing partner takes no relayed frames either
+    to_backend.clear()
+    front.dataReceived(frame(2, b"too late"))
+    assert front.direct == 0 and front.messages[-1] == (b"too late", True) and not to_backend

@@ -35,7 +35,7 @@ from autobahn.exception import PayloadCorruptError, PayloadExceededError
 from autobahn.websocket.compress_deflate import PerMessageDeflate
 from autobahn.websocket.protocol import WebSocketProtocol
 
-from .lean import SMALL_FRAME, _native_masker
+from .lean import SMALL_FRAME, _native_masker, write_now
 
 OPEN = WebSocketProtocol.STATE_OPEN
 GROUND = WebSocketProtocol.SEND_STATE_GROUND
@@ -174,9 +174,12 @@ def _receive(leg: Any, data: bytes) -> None:
             leg.data = data[pos:]
             return
         payload = data[start:end]
-        if want_mask and length:
-            payload = xor_mask(payload, data[start - 4 : start])
         text = not b0 & 0x02
+        if want_mask and length and (text or b0 & 0x40 or not leg.relays_direct):
+            payload = xor_mask(payload, data[start - 4 : start])
+            masked = False
+        else:
+            masked = bool(want_mask and length)  # still masked: see the direct relay below
         if b0 & 0x40:
             # The inflater's state moves with each compressed message, so from here on a
             # fault is failed here, as Autobahn fails it, rather than handed back.
@@ -197,6 +200,41 @@ def _receive(leg: Any, data: bytes) -> None:
                     break  # Autobahn fails the connection with 1007
             if deflate is not None:
                 leg._isMessageCompressed = False
+            partner = leg.partner if leg.relays_direct else None
+            if (
+                partner is not None
+                and partner.state == OPEN
+                and partner.fast_out
+                and partner.fast_deflate is None
+                and partner.send_state == GROUND
+                and length <= partner.fast_out_max
+                and partner.fast_out_masked == bool(want_mask)
+            ):
+                # Relayed as it came: a backend's frame is already what the client must
+                # get; a client's is given a fresh key, re-masked in one pass.
+                if want_mask:
+                    key = random.getrandbits(32)
+                    if masked:
+                        old_key = int.from_bytes(data[start - 4 : start], "big")
+                        payload = xor_mask(payload, (old_key ^ key).to_bytes(4, "big"))
+                    elif length:
+                        payload = xor_mask(payload, key.to_bytes(4, "big"))
+                    out = data[pos : start - 4] + key.to_bytes(4, "big") + payload
+                else:
+                    out = data[pos:end]
+                pos = end
+                if leg.autoPingTimeoutCall and leg.autoPingRestartOnAnyTraffic:
+                    leg._cancelAutoPingTimeoutCall()
+                leg.relayed(length)
+                if pos < size or (_batch and _batch.get(partner)):
+                    emit(partner, out, pos == size)
+                elif partner.send_queue or partner.splice_in is not None:
+                    partner.sendData(out)
+                else:
+                    write_now(partner.transport, out)  # what LeanSend.sendData comes to
+                continue
+            if masked:
+                payload = xor_mask(payload, data[start - 4 : start])
         pos = end
         if leg.autoPingTimeoutCall and leg.autoPingRestartOnAnyTraffic:
             leg._cancelAutoPingTimeoutCall()
@@ -291,16 +329,21 @@ def send(leg: Any, payload: bytes, binary: bool, compress: bool = True) -> bool:
         header = b0 + bytes((mask_bit | 126,)) + size.to_bytes(2, "big")
     else:
         header = b0 + bytes((mask_bit | 127,)) + size.to_bytes(8, "big")
+    emit(leg, header + key + body, _last_of_read)
+    return True
+
+
+def emit(leg: Any, frame: bytes, last_of_read: bool) -> None:
+    """Write a frame to `leg`, batched with the others relayed from the same read."""
     if _batching:
         chunks = _batch.get(leg)
         if chunks:
-            chunks.append(header + key + body)
-            return True
-        if not _last_of_read:
-            _batch[leg] = [header + key + body]
-            return True
-    leg.sendData(header + key + body)
-    return True
+            chunks.append(frame)
+            return
+        if not last_of_read:
+            _batch[leg] = [frame]
+            return
+    leg.sendData(frame)
 
 
 class FastFrames:
@@ -309,6 +352,10 @@ class FastFrames:
 
     fast_in = False
     fast_out = False
+    # Whether received frames may be relayed to `partner` without the onMessage and
+    # sendMessage round (legs whose messages nothing inspects or changes); such legs
+    # have `partner` and `relayed`.
+    relays_direct = False
 
     def sendMessage(
         self,

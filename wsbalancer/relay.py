@@ -17,6 +17,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.endpoints import _WrappingProtocol
 
 from .compression import forward_compressed, tune_compression
 from .dialer import BackendConnectError, BackendHandshakeError
@@ -49,6 +50,7 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
     partner: BackendProtocol | None = None
     _isMessageCompressed = False  # Autobahn sets it per message
     forwards_compressed = True  # False where hooks may change or drop messages
+    relays_direct = True  # frames.py may relay a frame without onMessage; False with hooks
     _handshake_pending = False
     lane: Lane | None = None  # the pool the request was routed to
     http_channel: Any = None  # set when the connection is handed to the HTTP proxy
@@ -156,6 +158,14 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
             ):
                 partner.sendMessage(payload, isBinary)
 
+    def relayed(self, size: int) -> None:
+        """Count a message of `size` bytes that frames.py relayed to the open partner (what
+        onMessage counts for one it relays)."""
+        session: Any = self.session
+        session.msgs_in += 1
+        session.bytes_in += size
+        session.unanswered += 1
+
     def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
         was_open = self.state == OPEN
         failed = super().onCloseFrame(code, reasonRaw)
@@ -216,6 +226,7 @@ class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol
     partner: FrontendProtocol | None = None
     _isMessageCompressed = False  # Autobahn sets it per message
     forwards_compressed = True  # False where hooks may change or drop messages
+    relays_direct = True  # frames.py may relay a frame without onMessage; False with hooks
     handshake_status: int | None = None
     handshake_reason = ""
 
@@ -233,6 +244,7 @@ class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol
     def onOpen(self) -> None:
         tune_compression(self, self.dial.session.balancer.config.compression_level)
         prepare(self)
+        unwrap(self)
         self.dial.opened(self)
 
     def failHandshake(self, reason: str) -> None:
@@ -263,6 +275,13 @@ class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol
         ):
             partner.sendMessage(payload, isBinary)
 
+    def relayed(self, size: int) -> None:
+        """Count a message of `size` bytes that frames.py relayed to the client."""
+        session: Any = self.session
+        session.msgs_out += 1
+        session.bytes_out += size
+        session.unanswered = 0
+
     def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
         was_open = self.state == OPEN
         failed = super().onCloseFrame(code, reasonRaw)
@@ -290,6 +309,7 @@ class HookedFrontendProtocol(FrontendProtocol):  # type: ignore[misc]
     """The client leg when message hooks are configured (the plain one stays lean)."""
 
     forwards_compressed = False  # a hook may change or drop what the peer's stream holds
+    relays_direct = False
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         message = run_hooks(self, "client_to_backend", payload, isBinary)
@@ -301,11 +321,21 @@ class HookedBackendProtocol(BackendProtocol):  # type: ignore[misc]
     """The backend leg when message hooks are configured."""
 
     forwards_compressed = False
+    relays_direct = False
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         message = run_hooks(self, "backend_to_client", payload, isBinary)
         if message is not None:
             super().onMessage(*message)
+
+
+def unwrap(leg: Any) -> None:
+    """Let a plain TCP connection hand its reads to the leg itself: the endpoint's wrapper
+    protocol only passes them on once connected (one call less per read)."""
+    transport = leg.transport
+    wrapper = getattr(transport, "protocol", None)
+    if type(wrapper) is _WrappingProtocol and wrapper._wrappedProtocol is leg:
+        transport.protocol = leg
 
 
 def run_hooks(leg: Any, direction: str, payload: bytes, is_binary: bool) -> Any:
