@@ -6,9 +6,9 @@ dispatches every ready descriptor through two wrapper calls. A relay carrying on
 message per wake-up pays that for every message: measured at about 3 us of a 30-40 us
 echo. This loop does the same work, skipping what is provably a no-op:
 
-- the timed-call pass runs only when something is due (a call inserted, due or a pass
-  owed for cancelled calls, a call from a thread, a stop), exactly when Twisted's own pass
-  would do anything;
+- the timed-call pass runs only when something is due (a call inserted or due, enough
+  cancelled calls to compact, a call from a thread, a stop), exactly when Twisted's own
+  pass would do anything;
 - a descriptor that is only readable goes straight to its `doRead`, with the same fileno
   check, error logging and disconnect as `_doReadOrWrite`; any other event takes
   `_doReadOrWrite` itself.
@@ -56,7 +56,7 @@ def _iterate(reactor: Any) -> None:
             reactor._newTimedCalls
             or reactor.threadCallQueue
             or reactor._justStopped
-            or reactor._cancellations > 50
+            or (reactor._cancellations > 50 and reactor._cancellations > len(pending) >> 1)
             or (pending and pending[0].time <= seconds())
         ):
             run_due()
@@ -82,13 +82,21 @@ def _iterate(reactor: Any) -> None:
             if event != EPOLLIN:
                 call_with_logger(selectable, read_or_write, selectable, fd, event)
                 continue
+            # As _doReadOrWrite: "read" only once doRead has returned, errors logged under
+            # the connection's name, and a disconnect that fails logged, not fatal.
+            in_read = False
+            why: BaseException | None
             try:
-                why = _NO_FILEDESC if selectable.fileno() == -1 else selectable.doRead()
+                if selectable.fileno() == -1:
+                    why = _NO_FILEDESC
+                else:
+                    why = selectable.doRead()
+                    in_read = True
             except BaseException:
                 why = sys.exc_info()[1]
-                legacy_log.err()
+                legacy_log.err(system=getattr(selectable, "logstr", "-"))
             if why:
-                disconnect(selectable, why, True)
+                call_with_logger(selectable, disconnect, selectable, why, in_read)
 
 
 epollreactor.EPollReactor.mainLoop = main_loop  # type: ignore[method-assign,assignment]
