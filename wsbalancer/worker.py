@@ -12,14 +12,17 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import sys
 from dataclasses import replace
 from typing import Any
 
 from twisted.internet import stdio
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import Protocol
 from twisted.logger import (
     FilteringLogObserver,
+    Logger,
     LogLevelFilterPredicate,
     globalLogBeginner,
     textFileLogObserver,
@@ -32,6 +35,8 @@ from .logs import LEVELS, json_observer
 from .tap import BalancerService, build_service
 from .tlsreload import server_endpoint
 from .workers import SESSION_ID_BLOCK, WORKER_ENV
+
+_log = Logger("wsbalancer.worker")
 
 
 class AdoptedListener:
@@ -66,8 +71,31 @@ class MasterLink(Protocol):
         transport.write(line + b"\n")
 
     def connectionLost(self, reason: Any = None) -> None:
-        if self.reactor.running:
-            self.reactor.stop()  # the master is gone: drain and stop too
+        stop_once(self.reactor)  # the master is gone: drain and stop too
+
+
+def stop_once(reactor: Any) -> None:
+    """Stop the reactor, or nothing if it is already stopping.
+
+    A worker is told to stop more than once in an ordinary shutdown: systemd sends SIGTERM
+    to every process of the service's control group, the master passes it on, and the
+    master's exit closes the worker's stdin. Twisted's own handler would log the second
+    stop's ReactorNotRunning as a traceback."""
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
+
+
+def _install_stop_signals(reactor: Any) -> None:
+    """SIGTERM and SIGINT stop the worker once, however often they come (see stop_once)."""
+
+    def on_signal(signum: int, frame: Any) -> None:
+        _log.info("received {signal}, draining and stopping", signal=signal.Signals(signum).name)
+        reactor.callFromThread(stop_once, reactor)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
 
 
 def adopt_listeners(service: BalancerService, spec: dict[str, Any], reactor: Any) -> None:
@@ -121,6 +149,7 @@ def main() -> None:
     service.reload_source = lambda: worker_config(spec)
     assert service.admin is not None
     service.admin.factory.log = lambda request: None  # the master's calls, not worth a line each
+    reactor.callWhenRunning(_install_stop_signals, reactor)  # after Twisted installs its own
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
 
