@@ -13,7 +13,8 @@ What runs (all on 127.0.0.1, ports picked free at run time):
   - per path, the proxy under test as a child process: wsbalancer via twistd (log level
     warn), HAProxy (http mode, balance leastconn, timeout tunnel 1h, nbthread 1) from a
     config written into a temp dir; "direct" has no proxy, connections go round-robin
-    straight to the backends;
+    straight to the backends. Every path is started at the beginning and kept up; the
+    paths take turns, run by run, in each scenario;
   - the load client, Node.js `ws` (bench/load_client.js), once per scenario. It samples the
     CPU of the proxy, the backends and itself from /proc at the edges of each measured
     window, so the figures say which process was busy.
@@ -513,87 +514,108 @@ def scenarios(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     }
 
 
-def run_mode(
-    mode: str,
-    backends: list[Backend],
-    workdir: Path,
-    args: argparse.Namespace,
-) -> dict[str, Any]:
-    proxy: Proxy | None = None
-    result: dict[str, Any] = {"mode": mode}
-    if mode in PROXIES:
-        proxy = PROXIES[mode](workdir)
-        if args.wsb_backlog:
-            proxy.listen_extra = f":backlog={args.wsb_backlog}"
-    elif mode == "haproxy":
-        proxy = HAProxy(workdir)
-    try:
-        if proxy is not None:
-            t0 = time.monotonic()
-            proxy.start(backends)
-            urls = [proxy.url]
-            result["pid"] = proxy.pid
-        else:
-            urls = [b.url for b in backends]
-        probe = run_client({"scenario": "probe", "urls": urls, "timeout": 20}, 40)
+class Subject:
+    """One path under test (direct, or a proxy), started once and kept up while every
+    scenario runs on every path in turn."""
+
+    def __init__(
+        self, mode: str, backends: list[Backend], workdir: Path, args: argparse.Namespace
+    ) -> None:
+        self.mode = mode
+        self.proxy: Proxy | None = None
+        self.result: dict[str, Any] = {"mode": mode, "seconds": 0.0}
+        if mode in PROXIES:
+            self.proxy = PROXIES[mode](workdir)
+            if args.wsb_backlog:
+                self.proxy.listen_extra = f":backlog={args.wsb_backlog}"
+        elif mode == "haproxy":
+            self.proxy = HAProxy(workdir)
+        self.urls = [b.url for b in backends]
+        self.metric_urls = [b.metric_url for b in backends]
+        self.pids = {f"backend{i + 1}": b.proc.pid for i, b in enumerate(backends)}
+        self.backends = backends
+
+    @property
+    def failed(self) -> bool:
+        return "error" in self.result
+
+    def start(self) -> None:
+        """Start the proxy, check one echo goes through it, warm it up (not measured)."""
+        t0 = time.monotonic()
+        if self.proxy is not None:
+            self.proxy.start(self.backends)
+            self.urls = [self.proxy.url]
+            self.result["pid"] = self.proxy.pid
+            self.pids["proxy"] = self.proxy.pid
+        probe = run_client({"scenario": "probe", "urls": self.urls, "timeout": 20}, 40)
         if not probe.get("all_ok"):
-            raise RuntimeError(f"{mode}: no echo through it: {probe}")
-        if proxy is not None:
-            result["startup_s"] = time.monotonic() - t0
-        pids = {f"backend{i + 1}": b.proc.pid for i, b in enumerate(backends)}
-        if proxy is not None:
-            pids["proxy"] = proxy.pid
-        metric_urls = [b.metric_url for b in backends]
-        # warm-up, not measured: JITs, allocator pools, the balancer's first poll
-        run_client(
-            {
-                "scenario": "echo",
-                "urls": urls,
-                "conns": 10,
-                "inflight": 4,
-                "size": 32,
-                "duration": 0.5,
-                "warmup": 0.2,
-            },
-            20,
-        )
-        for name, spec in scenarios(args).items():
-            if name == "idle" and proxy is None:
-                continue  # no proxy, no proxy memory to measure
-            print(f"  {mode:<10} {name:<9} ...", end="", flush=True)
-            t = time.monotonic()
-            budget = 60 + spec.get("duration", 0) * 3 + spec.get("count", 0) / 50
-            # Repeated (not the idle scenario, which needs a fresh proxy): the run with the
-            # median of the scenario's main figure is the one reported.
-            runs = []
-            for _ in range(1 if name == "idle" else args.repeat):
-                drops = listen_drops()
-                spec_run = dict(spec, urls=urls, pids=pids, metric_urls=metric_urls)
-                out = run_client(spec_run, budget)
-                out["listen_drops"] = listen_drops() - drops
-                runs.append(out)
-                if name != "idle":
-                    wait_backends_idle(metric_urls)
-            runs.sort(key=lambda r: main_figure(name, r))
-            out = runs[len(runs) // 2]
-            out["repeats"] = [main_figure(name, r) for r in runs]
-            result[name] = out
-            print(f" {time.monotonic() - t:5.1f}s  {summary(name, out)}", flush=True)
-            if proxy is not None and proxy.proc is not None and proxy.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{mode} exited (code {proxy.proc.returncode}) during "
-                    f"{name}; its log:\n{proxy.log_tail()}"
-                )
-            wait_backends_idle(metric_urls)
-        if proxy is not None:
-            result.update(log_summary(proxy.log))
-    except RuntimeError as e:
-        result["error"] = str(e)
-        print(f"\n  {mode}: FAILED: {e}", flush=True)
-    finally:
-        if proxy is not None:
-            proxy.stop()
-    return result
+            raise RuntimeError(f"{self.mode}: no echo through it: {probe}")
+        if self.proxy is not None:
+            self.result["startup_s"] = time.monotonic() - t0
+        # warm-up: JITs, allocator pools, the balancer's first poll
+        warm = {"scenario": "echo", "urls": self.urls, "conns": 10, "inflight": 4, "size": 32}
+        run_client(dict(warm, duration=0.5, warmup=0.2), 20)
+        self.result["seconds"] += time.monotonic() - t0
+
+    def run(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """One measured run of one scenario; RuntimeError if the proxy died during it."""
+        t0 = time.monotonic()
+        budget = 60 + spec.get("duration", 0) * 3 + spec.get("count", 0) / 50
+        drops = listen_drops()
+        spec_run = dict(spec, urls=self.urls, pids=self.pids, metric_urls=self.metric_urls)
+        out = run_client(spec_run, budget)
+        out["listen_drops"] = listen_drops() - drops
+        proc = self.proxy.proc if self.proxy is not None else None
+        if proc is not None and proc.poll() is not None:
+            assert self.proxy is not None
+            raise RuntimeError(
+                f"{self.mode} exited (code {proc.returncode}) during "
+                f"{name}; its log:\n{self.proxy.log_tail()}"
+            )
+        wait_backends_idle(self.metric_urls)
+        self.result["seconds"] += time.monotonic() - t0
+        return out
+
+    def fail(self, error: RuntimeError) -> None:
+        self.result["error"] = str(error)
+        print(f"\n  {self.mode}: FAILED: {error}", flush=True)
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.result.update(log_summary(self.proxy.log))
+            self.proxy = None
+
+
+def run_interleaved(subjects: list[Subject], args: argparse.Namespace) -> None:
+    """Every scenario on every path, the paths taking turns run by run (the order rotated
+    each round), so that drift in the machine's load over the run falls on every path alike
+    instead of on whichever path ran during it. The median run of each is reported."""
+    for name, spec in scenarios(args).items():
+        repeat = 1 if name == "idle" else args.repeat  # idle holds thousands of sessions once
+        runs: dict[str, list[dict[str, Any]]] = {s.mode: [] for s in subjects}
+        for r in range(repeat):
+            live = [s for s in subjects if not s.failed and not (name == "idle" and not s.proxy)]
+            turn = r % len(live) if live else 0
+            for s in live[turn:] + live[:turn]:
+                print(f"  {name:<9} {r + 1}/{repeat} {s.mode:<25} ...", end="", flush=True)
+                try:
+                    out = s.run(name, spec)
+                except RuntimeError as e:
+                    s.fail(e)
+                    continue
+                runs[s.mode].append(out)
+                print(f" {summary(name, out)}", flush=True)
+        for s in subjects:
+            done = runs[s.mode]
+            if s.failed or not done:
+                continue
+            done.sort(key=lambda out: main_figure(name, out))
+            out = done[len(done) // 2]
+            out["repeats"] = [main_figure(name, r) for r in done]
+            s.result[name] = out
+            print(f"  {name:<9} median {s.mode:<25} {summary(name, out)}", flush=True)
 
 
 def run_scale(
@@ -760,10 +782,15 @@ def summary(name: str, out: dict[str, Any]) -> str:
         return f"{out['sessions_per_s']:.0f} sessions/s, errors {out['errors']}"
     if name == "large":
         return f"{out['mbytes_per_s']:.1f} MB/s"
+    runs = f" (per run {out['repeats']})" if out.get("repeats") else ""
     if name == "paced":
-        return f"{out['echoes_per_s']:.0f} echoes/s, proxy µs/echo per run {out.get('repeats')}"
+        pc = proxy_cpu(out)
+        us = ""
+        if pc and out["echoes"]:
+            us = f", proxy {pc['cpu_s'] * 1e6 / out['echoes']:.1f} µs/echo"
+        return f"{out['echoes_per_s']:.0f} echoes/s{us}{runs}"
     if name == "rtt":
-        return f"p50 {out['lat_ms']['p50']:.3f} ms (per run {out.get('repeats')})"
+        return f"p50 {out['lat_ms']['p50']:.3f} ms{runs}"
     return f"{out['echoes_per_s']:.0f} echoes/s"
 
 
@@ -1134,21 +1161,32 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="wsbalancer-bench-") as tmp:
             workdir = Path(tmp)
             backends = [Backend("b1"), Backend("b2")]
+            subjects: list[Subject] = []
             for mode in modes:
                 if mode == "haproxy" and not have_haproxy:
                     results[mode]["error"] = "haproxy is not installed (apt-get install -y haproxy)"
                     print("  haproxy    not installed: column is n/a", flush=True)
                     continue
-                t = time.monotonic()
-                res = run_mode(mode, backends, workdir, args)
-                if args.scale and mode != "direct" and "error" not in res:
+                subject = Subject(mode, backends, workdir, args)
+                print(f"  starting {mode} ...", flush=True)
+                try:
+                    subject.start()
+                except RuntimeError as e:
+                    subject.fail(e)
+                subjects.append(subject)
+                results[mode] = subject.result
+            run_interleaved(subjects, args)
+            for subject in subjects:
+                subject.stop()
+                res = subject.result
+                if args.scale and subject.mode != "direct" and "error" not in res:
+                    t = time.monotonic()
                     try:
-                        res["scale"] = run_scale(mode, backends, workdir, args)
+                        res["scale"] = run_scale(subject.mode, backends, workdir, args)
                     except RuntimeError as e:
                         res["scale_error"] = str(e)
+                    res["seconds"] += time.monotonic() - t
                 res["ran"] = "error" not in res
-                res["seconds"] = time.monotonic() - t
-                results[mode] = res
             for b in backends:
                 CHILDREN.stop(b.proc)
     except KeyboardInterrupt:
@@ -1175,7 +1213,7 @@ def main(argv: list[str] | None = None) -> int:
         f"it was {info['busy_before_pct']:.0f}% busy before the run started."
     )
     print(
-        "Time per path: "
+        "Time each path was measured (the paths took turns, scenario by scenario): "
         + ", ".join(
             f"{m} {results[m]['seconds']:.0f} s" for m in modes if results[m].get("seconds")
         )
