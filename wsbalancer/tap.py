@@ -261,11 +261,26 @@ class BalancerService(MultiService):
         await super().stopService()
 
 
+# Twisted's endpoints listen with a backlog of 50, which a reconnect wave (thousands of
+# clients at once after a deploy) overflows into dropped SYNs and 1-3 s client retries. The
+# kernel caps it at net.core.somaxconn; a `backlog=` in the description still wins.
+LISTEN_BACKLOG = 1024
+
+
+def with_default_backlog(description: str) -> str:
+    """The listen description with `backlog=LISTEN_BACKLOG` unless it sets one."""
+    kind = description.split(":", 1)[0]
+    parts = description.split(":")
+    if kind in ("tcp", "tcp6", "ssl", "unix") and not any(p.startswith("backlog=") for p in parts):
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
+
+
 class ListenerService(StreamServerEndpointService):
     """A listening endpoint; a taken port fails start-up loudly."""
 
     def __init__(self, reactor: Any, description: str, factory: Any) -> None:
-        endpoint, self.tls = server_endpoint(reactor, description)
+        endpoint, self.tls = server_endpoint(reactor, with_default_backlog(description))
         super().__init__(endpoint, factory)
         self.description = description
         self._raiseSynchronously = True
