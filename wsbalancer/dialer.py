@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import copy
 import ipaddress
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -121,6 +119,9 @@ class BackendDial:
             self.protocol.transport.abortConnection()
 
 
+Endpoint = IStreamClientEndpoint
+
+
 class BackendDialer:
     """Dials backends; one Autobahn client factory per backend, copied per dial."""
 
@@ -135,7 +136,7 @@ class BackendDialer:
         self.clock = clock or reactor
         self.config = config
         self.protocol_class = protocol_class
-        self._factories: dict[str, tuple[BackendConfig, WebSocketClientFactory, Callable[[], Any]]]
+        self._factories: dict[str, tuple[BackendConfig, WebSocketClientFactory, Endpoint]]
         self._factories = {}
 
     def reconfigure(self, config: Config) -> None:
@@ -143,7 +144,7 @@ class BackendDialer:
         self.config = config
         self._factories.clear()
 
-    def _prepared(self, backend: BackendConfig) -> tuple[WebSocketClientFactory, Callable[[], Any]]:
+    def _prepared(self, backend: BackendConfig) -> tuple[WebSocketClientFactory, Endpoint]:
         cached = self._factories.get(backend.id)
         if cached is not None and cached[0] == backend:
             return cached[1], cached[2]
@@ -175,19 +176,20 @@ class BackendDialer:
         # Built once per backend: reading and parsing the CA bundle is no per-session work.
         tls = tls_options(backend.server_name or host, config) if parts.scheme == "wss" else None
 
-        def endpoint() -> IStreamClientEndpoint:
-            timeout = config.backend_connect_timeout
-            try:
-                address = ipaddress.ip_address(host)
-            except ValueError:
-                ep: IStreamClientEndpoint = HostnameEndpoint(self.reactor, host, port, timeout)
-            else:
-                cls = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
-                ep = cls(self.reactor, host, port, timeout)
-            if tls is not None:
-                ep = wrapClientTLS(tls, ep)
-            return ep
-
+        # One endpoint per backend, reused for every dial: connect() keeps no state in it
+        # (a host name is resolved again on each connect), and parsing the address once
+        # keeps that out of every session's set-up.
+        timeout = config.backend_connect_timeout
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            ep: IStreamClientEndpoint = HostnameEndpoint(self.reactor, host, port, timeout)
+        else:
+            cls = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
+            ep = cls(self.reactor, host, port, timeout)
+        if tls is not None:
+            ep = wrapClientTLS(tls, ep)
+        endpoint = ep
         self._factories[backend.id] = (backend, factory, endpoint)
         return factory, endpoint
 
@@ -204,7 +206,9 @@ class BackendDialer:
         """Open the backend leg; fires with the open protocol, or fails with
         BackendHandshakeError / BackendConnectError."""
         base, endpoint = self._prepared(backend)
-        factory = copy.copy(base)
+        # A shallow copy, as copy.copy makes it, without its generic protocol steps.
+        factory = object.__new__(type(base))
+        factory.__dict__.update(base.__dict__)
         factory.resource = resource
         factory.headers = headers
         factory.origin = origin
@@ -216,7 +220,7 @@ class BackendDialer:
         factory.perMessageCompressionOffers = offers
         dial = BackendDial()
         dial.session = session  # type: ignore[attr-defined]
-        connecting = endpoint().connect(_DialFactory(factory, dial))
+        connecting = endpoint.connect(_DialFactory(factory, dial))
         dial.connecting = connecting
 
         def connect_failed(failure: Any) -> None:
