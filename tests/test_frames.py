@@ -412,7 +412,7 @@ class Relaying:
     """A leg whose frames may be relayed straight to `partner`, as relay.py's legs are;
     whatever takes the ordinary path is relayed by onMessage, as relay.py does it."""
 
-    relays_direct = True
+    forwards_as_is = True
     partner: Any = None
 
     def onOpen(self) -> None:

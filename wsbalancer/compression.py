@@ -135,13 +135,13 @@ class TunedDeflate(PerMessageDeflate):
 def tune_compression(protocol: Any, level: int) -> None:
     """Switch a leg's negotiated permessage-deflate to the configured level and to storing
     large messages that do not compress; a relay leg that forwards compressed messages
-    (`forwards_compressed`) also keeps each one as it came."""
+    (`forwards_as_is`) also keeps each one as it came."""
     pmce = protocol._perMessageCompress
     if type(pmce) is PerMessageDeflate:
         tuned: Any = pmce
         tuned.__class__ = TunedDeflate
         tuned.level = level
-        tuned.keep_raw = getattr(protocol, "forwards_compressed", False)
+        tuned.keep_raw = getattr(protocol, "forwards_as_is", False)
 
 
 def forward_compressed(source: Any, leg: Any, is_binary: bool) -> bool:

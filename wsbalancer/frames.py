@@ -174,8 +174,9 @@ def _receive(leg: Any, data: bytes) -> None:
             leg.data = data[pos:]
             return
         payload = data[start:end]
+        out = None  # the frame as relayed straight to the partner, when it is
         text = not b0 & 0x02
-        if want_mask and length and (text or b0 & 0x40 or not leg.relays_direct):
+        if want_mask and length and (text or b0 & 0x40 or not leg.forwards_as_is):
             payload = xor_mask(payload, data[start - 4 : start])
             masked = False
         else:
@@ -200,7 +201,7 @@ def _receive(leg: Any, data: bytes) -> None:
                     break  # Autobahn fails the connection with 1007
             if deflate is not None:
                 leg._isMessageCompressed = False
-            partner = leg.partner if leg.relays_direct else None
+            partner: Any = leg.partner if leg.forwards_as_is else None
             if (
                 partner is not None
                 and partner.state == OPEN
@@ -222,22 +223,20 @@ def _receive(leg: Any, data: bytes) -> None:
                     out = data[pos : start - 4] + key.to_bytes(4, "big") + payload
                 else:
                     out = data[pos:end]
-                pos = end
-                if leg.autoPingTimeoutCall and leg.autoPingRestartOnAnyTraffic:
-                    leg._cancelAutoPingTimeoutCall()
-                leg.relayed(length)
-                if pos < size or (_batch and _batch.get(partner)):
-                    emit(partner, out, pos == size)
-                elif partner.send_queue or partner.splice_in is not None:
-                    partner.sendData(out)
-                else:
-                    write_now(partner.transport, out)  # what LeanSend.sendData comes to
-                continue
-            if masked:
+            elif masked:
                 payload = xor_mask(payload, data[start - 4 : start])
         pos = end
         if leg.autoPingTimeoutCall and leg.autoPingRestartOnAnyTraffic:
-            leg._cancelAutoPingTimeoutCall()
+            leg._cancelAutoPingTimeoutCall()  # a data frame came, as Autobahn counts it
+        if out is not None:
+            leg.relayed(length)
+            if pos < size or (_batch and _batch.get(partner)):
+                emit(partner, out, pos == size)
+            elif partner.send_queue or partner.splice_in is not None:
+                partner.sendData(out)
+            else:
+                write_now(partner.transport, out)  # what LeanSend.sendData comes to
+            continue
         _last_of_read = pos == size
         try:
             leg.onMessage(payload, not text)
@@ -355,7 +354,7 @@ class FastFrames:
     # Whether received frames may be relayed to `partner` without the onMessage and
     # sendMessage round (legs whose messages nothing inspects or changes); such legs
     # have `partner` and `relayed`.
-    relays_direct = False
+    forwards_as_is = False
 
     def sendMessage(
         self,

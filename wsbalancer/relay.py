@@ -53,8 +53,9 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
     session: RelaySession | None = None
     partner: BackendProtocol | None = None
     _isMessageCompressed = False  # Autobahn sets it per message
-    forwards_compressed = True  # False where hooks may change or drop messages
-    relays_direct = True  # frames.py may relay a frame without onMessage; False with hooks
+    # Nothing inspects or changes this leg's messages (False with hooks), so they may be
+    # forwarded as they came: compressed bytes kept, frames relayed by frames.py directly.
+    forwards_as_is = True
     _handshake_pending = False
     lane: Lane | None = None  # the pool the request was routed to
     http_channel: Any = None  # set when the connection is handed to the HTTP proxy
@@ -157,7 +158,7 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
             session.unanswered += 1
             if not (
                 self._isMessageCompressed
-                and self.forwards_compressed
+                and self.forwards_as_is
                 and forward_compressed(self, partner, isBinary)
             ):
                 partner.sendMessage(payload, isBinary)
@@ -229,8 +230,9 @@ class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol
     session: RelaySession | None = None
     partner: FrontendProtocol | None = None
     _isMessageCompressed = False  # Autobahn sets it per message
-    forwards_compressed = True  # False where hooks may change or drop messages
-    relays_direct = True  # frames.py may relay a frame without onMessage; False with hooks
+    # Nothing inspects or changes this leg's messages (False with hooks), so they may be
+    # forwarded as they came: compressed bytes kept, frames relayed by frames.py directly.
+    forwards_as_is = True
     handshake_status: int | None = None
     handshake_reason = ""
 
@@ -274,7 +276,7 @@ class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol
         session.unanswered = 0
         if not (
             self._isMessageCompressed
-            and self.forwards_compressed
+            and self.forwards_as_is
             and forward_compressed(self, partner, isBinary)
         ):
             partner.sendMessage(payload, isBinary)
@@ -312,8 +314,7 @@ class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol
 class HookedFrontendProtocol(FrontendProtocol):  # type: ignore[misc]
     """The client leg when message hooks are configured (the plain one stays lean)."""
 
-    forwards_compressed = False  # a hook may change or drop what the peer's stream holds
-    relays_direct = False
+    forwards_as_is = False  # a hook may change or drop what the peer's stream holds
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         message = run_hooks(self, "client_to_backend", payload, isBinary)
@@ -324,8 +325,7 @@ class HookedFrontendProtocol(FrontendProtocol):  # type: ignore[misc]
 class HookedBackendProtocol(BackendProtocol):  # type: ignore[misc]
     """The backend leg when message hooks are configured."""
 
-    forwards_compressed = False
-    relays_direct = False
+    forwards_as_is = False
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         message = run_hooks(self, "backend_to_client", payload, isBinary)
