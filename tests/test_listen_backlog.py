@@ -12,7 +12,7 @@ import time
 from websockets.sync.client import connect
 
 from wsbalancer.processes import free_port, processes, spawn_balancer, spawn_demo_backend
-from wsbalancer.tap import LISTEN_BACKLOG, with_default_backlog
+from wsbalancer.tap import LISTEN_BACKLOG, ListenerService, with_default_backlog
 
 BURST = 300  # well past Twisted's 50, well under our default
 
@@ -70,3 +70,17 @@ def test_the_default_backlog_applies_unless_the_description_sets_one() -> None:
         "tcp:8080:interface=127.0.0.1:backlog=4096:"
     )
     assert with_default_backlog("systemd:domain=INET:index=0") == "systemd:domain=INET:index=0"
+
+
+def test_a_listener_keeps_a_backlog_given_by_position() -> None:
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory
+
+    def backlog(description: str) -> int:
+        service = ListenerService(reactor, description, Factory())
+        return service.endpoint._backlog  # type: ignore[attr-defined,no-any-return]
+
+    assert backlog("tcp:0:interface=127.0.0.1") == LISTEN_BACKLOG
+    assert backlog("tcp:0:127.0.0.1:128") == 128  # port, interface, backlog
+    assert backlog("tcp6:0:64") == 64  # port, backlog
+    assert backlog("tcp:0:interface=127.0.0.1:backlog=32") == 32

@@ -280,7 +280,12 @@ class ListenerService(StreamServerEndpointService):
     """A listening endpoint; a taken port fails start-up loudly."""
 
     def __init__(self, reactor: Any, description: str, factory: Any) -> None:
-        endpoint, self.tls = server_endpoint(reactor, with_default_backlog(description))
+        try:
+            endpoint, self.tls = server_endpoint(reactor, with_default_backlog(description))
+        except TypeError:
+            # A backlog given by position (`tcp:8080:0.0.0.0:128`): "multiple values for
+            # argument 'backlog'" with ours added. The description as written has its own.
+            endpoint, self.tls = server_endpoint(reactor, description)
         super().__init__(endpoint, factory)
         self.description = description
         self._raiseSynchronously = True
