@@ -568,6 +568,7 @@ class Subject:
         proc = self.proxy.proc if self.proxy is not None else None
         if proc is not None and proc.poll() is not None:
             assert self.proxy is not None
+            self.result[f"{name}_failed_run"] = out  # what the load client saw of it
             raise RuntimeError(
                 f"{self.mode} exited (code {proc.returncode}) during "
                 f"{name}; its log:\n{self.proxy.log_tail()}"
@@ -592,12 +593,14 @@ def run_interleaved(subjects: list[Subject], args: argparse.Namespace) -> None:
     """Every scenario on every path, the paths taking turns run by run (the order rotated
     each round), so that drift in the machine's load over the run falls on every path alike
     instead of on whichever path ran during it. The median run of each is reported."""
+    rounds = 0  # also rotates across scenarios, so that one run each (--quick) rotates too
     for name, spec in scenarios(args).items():
         repeat = 1 if name == "idle" else args.repeat  # idle holds thousands of sessions once
         runs: dict[str, list[dict[str, Any]]] = {s.mode: [] for s in subjects}
         for r in range(repeat):
             live = [s for s in subjects if not s.failed and not (name == "idle" and not s.proxy)]
-            turn = r % len(live) if live else 0
+            turn = rounds % len(live) if live else 0
+            rounds += 1
             for s in live[turn:] + live[:turn]:
                 print(f"  {name:<9} {r + 1}/{repeat} {s.mode:<25} ...", end="", flush=True)
                 try:
@@ -696,6 +699,8 @@ def log_summary(path: Path) -> dict[str, Any]:
     for ln in lines:
         if re.search(r"\[(twisted\.[\w.]+#\w+|-)\]", ln):
             continue  # twistd's own start/stop lines and factories' "starting on"
+        if re.search(r"\bProxy \w+ stopped \(cumulated conns", ln):
+            continue  # HAProxy's ordinary lines when it is stopped
         m = re.search(r"#(\w+)\]", ln) or re.search(r"\[(ALERT|WARNING|NOTICE)\]", ln)
         level = m.group(1).lower() if m else "other"
         levels[level] = levels.get(level, 0) + 1
@@ -1102,7 +1107,7 @@ def main(argv: list[str] | None = None) -> int:
         "--wsb-backlog",
         type=int,
         metavar="N",
-        help="listen backlog for wsbalancer (default: Twisted's, 50)",
+        help="listen backlog for wsbalancer (default: wsbalancer's own, 1024)",
     )
     args = parser.parse_args(argv)
 
@@ -1178,6 +1183,9 @@ def main(argv: list[str] | None = None) -> int:
             run_interleaved(subjects, args)
             for subject in subjects:
                 subject.stop()
+            # --scale afterwards, one path at a time with nothing else up, as it starts
+            # fresh proxies of its own
+            for subject in subjects:
                 res = subject.result
                 if args.scale and subject.mode != "direct" and "error" not in res:
                     t = time.monotonic()
