@@ -374,3 +374,116 @@ def test_a_source_whose_options_change_keeps_its_backends() -> None:
     assert target.calls[-1] == ("remove", "10.0.0.1:80")
     service.stopService()
     assert not clock.getDelayedCalls()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_named_pool_has_its_own_discovery_and_a_reload_hands_it_back_to_the_file(
+    tmp_path: Path,
+) -> None:
+    main, b1, b2, b3 = (start_backend(name) for name in ("main", "b1", "b2", "b3"))
+    ports = {b.backend.name: b.port.getHost().port for b in (b1, b2)}
+    records = {
+        SRV_NAME: [srv(ports["b1"], "b1.backends.test")],
+        **{f"{n}.backends.test".encode(): [dns.Record_A("127.0.0.1", ttl=1)] for n in ports},
+    }
+    nameserver = DnsServer(records)
+    path = tmp_path / "wsbalancer.yaml"
+    source = (
+        f"{{name: {SRV_NAME.decode()}, type: srv, nameserver: '127.0.0.1:{nameserver.port}', "
+        "min_interval: 0.05s, max_interval: 0.2s}"
+    )
+    path.write_text(
+        f"backends: [{{id: main, url: '{main.url}'}}]\n"
+        f"pools:\n  live:\n    discovery:\n      - {source}\n"
+        "routes:\n  - {path: /chat/live, pool: live}\n"
+    )
+    lb = await start_balancer([], config_file=str(path))
+    clients = []
+    try:
+        (found,) = lb.service.discovery.pools["live"].sources.values()
+        assert "default" not in lb.service.discovery.pools  # the top level has no source
+        await changed(found, {b1.id})
+        live = lb.balancer.lanes["live"].pool.backends
+        assert set(live) == {b1.id} and set(lb.balancer.pool.backends) == {"main"}
+        ws = await aio(websockets.connect(lb.ws_url("/chat/live")))
+        clients.append(ws)
+        assert await recv(ws) == "connected to b1"
+        ws = await aio(websockets.connect(lb.ws_url("/chat")))
+        clients.append(ws)
+        assert await recv(ws) == "connected to main"
+        code, doc = await get_json(lb.admin_url("/api/backends"))
+        assert code == 200
+        assert {b["id"]: b["pool"] for b in doc["backends"]} == {"main": "default", b1.id: "live"}
+
+        # The pod moves: the pool's own source follows it, the default pool is untouched.
+        records[SRV_NAME] = [srv(ports["b2"], "b2.backends.test")]
+        await changed(found, {b2.id})
+        assert live[b1.id].removed and live[b1.id].draining  # its session stays
+        ws = await aio(websockets.connect(lb.ws_url("/chat/live")))
+        clients.append(ws)
+        assert await recv(ws) == "connected to b2"
+        await aio(clients[0].send("still here"))
+        assert await recv(clients[0]) == "b1: still here"
+
+        # A reload that lists the pool's backend instead: discovery stops, its backend
+        # drains, the listed one takes new sessions.
+        path.write_text(
+            f"backends: [{{id: main, url: '{main.url}'}}]\n"
+            f"pools:\n  live:\n    backends: [{{id: listed, url: '{b3.url}'}}]\n"
+            "routes:\n  - {path: /chat/live, pool: live}\n"
+        )
+        overrides = [  # the addresses it listens on, as a restart-free reload keeps them
+            ("listen", ",".join(lb.balancer.config.listen), "test"),
+            ("admin.listen", lb.balancer.config.admin_listen, "test"),
+        ]
+        config = load(str(path), environ={}, overrides=overrides)
+        lb.service.reload_source = lambda: config
+        changes = lb.service.reload()
+        assert "pool live: added listed" in changes
+        assert f"pool live: discovery srv:{SRV_NAME.decode()} stopped" in changes
+        assert live[b2.id].removed and not live["listed"].removed
+        assert not lb.service.discovery.sources
+        ws = await aio(websockets.connect(lb.ws_url("/chat/live")))
+        clients.append(ws)
+        assert await recv(ws) == "connected to b3"
+    finally:
+        for ws in clients:
+            await aio(ws.close())
+        await lb.stop()
+        await nameserver.stop()
+        for b in (main, b1, b2, b3):
+            await b.stop()
+
+
+def test_a_pool_feeds_from_its_own_sources_only() -> None:
+    text = (
+        "discovery: ['srv+ws://_ws._tcp.top.test']\n"
+        "pools:\n"
+        "  live: {discovery: ['srv+ws://_ws._tcp.live.test']}\n"
+        "  listed: {backends: ['ws://127.0.0.1:9001']}\n"
+    )
+    config = _load_text(text)
+    pools = {p.pool_name: [s.label for s in p.discovery] for p in config.all_pools()}
+    assert pools == {
+        "default": ["srv:_ws._tcp.top.test"],
+        "live": ["srv:_ws._tcp.live.test"],
+        "listed": [],  # not the top level's
+    }
+    with pytest.raises(ConfigError, match=r"pools.empty: backends: at least one backend"):
+        _load_text("pools:\n  empty: {}\n")
+    with pytest.raises(ConfigError, match=r"feeds pools 'default' and 'live'; a source feeds one"):
+        _load_text(
+            "discovery: ['srv+ws://_ws._tcp.same.test']\n"
+            "pools:\n  live: {discovery: ['srv+ws://_ws._tcp.same.test']}\n"
+        )
+
+
+def _load_text(text: str) -> Any:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+    try:
+        return load(f.name, environ={})
+    finally:
+        Path(f.name).unlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import replace
@@ -41,6 +42,7 @@ async def _get(url: str, cookie: str | None = None, **kwargs: Any) -> tuple[Any,
 @pytest_twisted.ensureDeferred
 async def test_two_pools_routed_by_path_each_receive_only_their_own_traffic() -> None:
     a1, a2, b1 = start_backend("a1"), start_backend("a2"), start_backend("b1")
+    b2 = start_backend("b2")
     config = _yaml(
         f"""
 pools:
@@ -111,6 +113,22 @@ routes:
         )
         assert response.code == 200 and (await response.json())["draining"] is True
         assert lb.balancer.lanes["beta"].pool.backends["b1"].draining
+        # a backend added through the API to a named pool takes that pool's sessions
+        for body, code in (
+            ({"id": "b2", "url": b2.url, "pool": "nope"}, 404),
+            ({"id": "b2", "url": b2.url, "pool": "beta"}, 201),
+        ):
+            response = await treq.post(
+                lb.admin_url("/api/backends"),
+                json.dumps(body).encode(),
+                headers={"Authorization": "Bearer t0ken"},
+                persistent=False,
+            )
+            assert response.code == code
+        assert (await response.json())["pool"] == "beta"
+        ws = await aio(websockets.connect(lb.ws_url("/beta/added")))
+        await aio(ws.close())
+        assert [p["path"] for p in b2.backend.handshakes] == ["/beta/added"]
         response = await treq.get(lb.admin_url("/metrics"), persistent=False)
         text = (await response.content()).decode()
         assert 'wsbalancer_backend_pool{backend="a2",pool="alpha"} 1.0' in text
@@ -118,7 +136,7 @@ routes:
         assert doc["pools"]["default"]["backends"] == [] and doc["defaultPool"] is None
     finally:
         await lb.stop()
-        for backend in (a1, a2, b1):
+        for backend in (a1, a2, b1, b2):
             await backend.stop()
 
 

@@ -289,15 +289,15 @@ class AdminApi(Resource):
 
     def add_backend(self, request: Request) -> tuple[int, Any]:
         body = self._body(request)
-        unknown = set(body) - {"id", "url", "metric", "weight"}
+        unknown = set(body) - {"id", "url", "metric", "weight", "pool"}
         if unknown or "url" not in body:
             raise ApiError(
                 400,
                 "bad_body",
-                "expected {url, id?, metric?, weight?}"
+                "expected {url, id?, metric?, weight?, pool?}"
                 + (f"; unknown {sorted(unknown)[0]!r}" if unknown else ""),
             )
-        for key in ("url", "id", "metric"):
+        for key in ("url", "id", "metric", "pool"):
             if key in body and (not isinstance(body[key], str) or not body[key]):
                 raise ApiError(400, "bad_body", f"{key} must be a non-empty string")
         weight = body.get("weight", 1)
@@ -310,13 +310,16 @@ class AdminApi(Resource):
             metric=body.get("metric"),
             weight=body.get("weight", 1),
         )
+        lane = self.balancer.lanes.get(body.get("pool", DEFAULT_POOL))
+        if lane is None or lane.retired:
+            raise ApiError(404, "unknown_pool", f"no pool named {body['pool']!r}")
         try:
-            config = _build_backend(spec, self.balancer.config.metric_path)
+            config = _build_backend(spec, lane.config.metric_path)
         except ConfigError as e:
             raise ApiError(400, "bad_backend", str(e).removeprefix("request: "))
         if any(b.id == config.id and not b.removed for _, b in self.balancer.all_backends()):
             raise ApiError(409, "conflict", f"backend {config.id!r} exists")
-        state = self.balancer.add_backend(config)
+        state = self.balancer.add_backend(config, lane)
         return 201, backend_view(self.balancer, state)
 
     def change_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:

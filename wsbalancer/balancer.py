@@ -271,9 +271,9 @@ class Balancer:
             )
         return changes
 
-    def add_backend(self, config: BackendConfig) -> BackendState:
-        """Add a backend at run time (admin API)."""
-        state = self.pool.add(config)
+    def add_backend(self, config: BackendConfig, lane: Lane | None = None) -> BackendState:
+        """Add a backend at run time (admin API, DNS discovery) to a pool (the default)."""
+        state = (lane.pool if lane is not None else self.pool).add(config)
         self.event(f"backend {config.id} added")
         state.removed = state.draining = False
         state.enabled = True

@@ -572,6 +572,7 @@ POOL_KEY_PREFIXES = (
     "failover.",
     "affinity.",
     "http.",
+    "discovery",  # a pool's own DNS sources; a named pool never inherits the top-level ones
 )
 _POOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
@@ -748,15 +749,15 @@ def _pool_specs(data: Any, source: str) -> list[_PoolSpec]:
             raise ConfigError(f"{where}: expected a mapping with backends")
         body = dict(body)
         spec = _PoolSpec(str(name), where)
-        spec.backends = _backend_specs(body.pop("backends", None), where, "backends")
-        if not spec.backends:
-            raise ConfigError(f"{where}: backends: at least one backend is needed")
+        spec.backends = _backend_specs(body.pop("backends", []), where, "backends")
         for key, value in _flatten(body):
             if key not in SCHEMA:
                 raise ConfigError(f"{where}: {key}: unknown key")
             if not key.startswith(POOL_KEY_PREFIXES):
                 raise ConfigError(f"{where}: {key}: set for the whole balancer, not per pool")
             spec.values[key] = _Value(value, where)
+        if not spec.backends and "discovery" not in spec.values:
+            raise ConfigError(f"{where}: backends: at least one backend (or discovery) is needed")
         specs.append(spec)
     return specs
 
@@ -868,10 +869,20 @@ def build(raw: RawConfig, require_backends: bool = True) -> Config:
     config = _build_one(raw, require_backends and not raw.pools)
     pools = []
     for spec in raw.pools:
-        merged = RawConfig(values={**raw.values, **spec.values}, backends=spec.backends)
+        inherited = {k: v for k, v in raw.values.items() if k != "discovery"}
+        merged = RawConfig(values={**inherited, **spec.values}, backends=spec.backends)
         pools.append(replace(_build_one(merged, True), pool_name=spec.name))
-    # DNS discovery feeds the default pool, so it exists even with no backend listed yet.
+    # A pool fed by DNS discovery exists even with no backend listed yet.
     names = {DEFAULT_POOL} if config.backends or config.discovery else set()
+    found_by: dict[str, str] = {}
+    for pool in (config, *pools):
+        for source in pool.discovery:
+            other = found_by.setdefault(source.label, pool.pool_name)
+            if other != pool.pool_name:
+                raise ConfigError(
+                    f"configuration: discovery {source.label} feeds pools {other!r} and "
+                    f"{pool.pool_name!r}; a source feeds one pool"
+                )
     names |= {p.pool_name for p in pools}
     seen: dict[str, str] = {b.id: DEFAULT_POOL for b in config.backends}
     for pool in pools:

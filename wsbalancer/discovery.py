@@ -6,7 +6,7 @@ removed through the balancer's own removal path (drain or failover, as on a SIGH
 they disappear; backends that stay are never touched. A failed or empty lookup keeps the last
 known set: DNS trouble must not empty a pool that is serving.
 
-A source feeds a `BackendTarget` (add or remove one backend), so each pool can have its own.
+A source feeds a `BackendTarget` (add or remove one backend): each pool has its own sources.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.names import client, dns
 
-from .config import BackendConfig
+from .config import DEFAULT_POOL, BackendConfig
 from .discovery_config import DiscoverySource, backend_for
 from .logs import logger
 
@@ -47,21 +47,27 @@ class BackendTarget(Protocol):
 
 
 class BalancerTarget:
-    """The balancer's pool: adds with `add_backend`, removes with `remove_backend` in the
-    configured `reload.removed_sessions` mode, so sessions drain or fail over as on SIGHUP."""
+    """One of the balancer's pools: adds with `add_backend`, removes with `remove_backend` in
+    the pool's `reload.removed_sessions` mode, so sessions drain or fail over as on SIGHUP."""
 
     log = logger("wsbalancer.discovery")
 
-    def __init__(self, balancer: Any) -> None:
+    def __init__(self, balancer: Any, pool: str = DEFAULT_POOL) -> None:
         self.balancer = balancer
+        self.pool = pool
+
+    @property
+    def lane(self) -> Any:
+        return self.balancer.lanes[self.pool]
 
     @property
     def metric_path(self) -> str:
         """Where discovered backends report their count."""
-        return str(self.balancer.config.metric_path)
+        return str(self.lane.config.metric_path)
 
     def add_discovered(self, config: BackendConfig, source: str) -> bool:
-        state = self.balancer.pool.backends.get(config.id)
+        lane = self.lane
+        state = lane.pool.backends.get(config.id)
         owner = state.extra.get(DISCOVERED) if state is not None else None
         if state is not None and not state.removed and owner not in (None, source):
             return True  # another source found the same address: it already serves
@@ -72,15 +78,27 @@ class BalancerTarget:
                 backend=config.id,
             )
             return False
-        state = self.balancer.add_backend(config)
+        for other, taken in self.balancer.all_backends():
+            if other is not lane and taken.id == config.id and not taken.removed:
+                self.log.warn(
+                    "discovery {source}: {backend} is a backend of pool {other}; ids are "
+                    "unique across pools, so not adding it to pool {pool}",
+                    source=source,
+                    backend=config.id,
+                    other=other.name,
+                    pool=self.pool,
+                )
+                return False
+        state = self.balancer.add_backend(config, lane)
         state.extra[DISCOVERED] = source
         return True
 
     def remove_discovered(self, backend_id: str, source: str) -> None:
-        state = self.balancer.pool.backends.get(backend_id)
+        lane = self.lane
+        state = lane.pool.backends.get(backend_id)
         if state is None or state.removed or state.extra.get(DISCOVERED) != source:
             return
-        self.balancer.remove_backend(state, self.balancer.config.removed_sessions)
+        self.balancer.remove_backend(state, lane.config.removed_sessions)
 
 
 # --- resolving -----------------------------------------------------------------------------
@@ -363,8 +381,50 @@ class DiscoveryService(MultiService):
         return changes
 
 
-def balancer_discovery(balancer: Any, reactor: Any) -> DiscoveryService:
-    """Discovery feeding the balancer's pool, counted in its Prometheus registry."""
+class PoolDiscovery(MultiService):
+    """Discovery for every pool of the balancer: one `DiscoveryService` per pool with
+    sources, applied again (started, stopped, handed over) on each reload."""
+
+    def __init__(self, balancer: Any, reactor: Any, on_lookup: Any) -> None:
+        super().__init__()
+        self.balancer = balancer
+        self.reactor = reactor
+        self.on_lookup = on_lookup
+        self.pools: dict[str, DiscoveryService] = {}
+
+    @property
+    def sources(self) -> dict[DiscoverySource, DnsSource]:
+        """Every running source, of every pool."""
+        return {s: r for service in self.pools.values() for s, r in service.sources.items()}
+
+    def apply(self, config: Any) -> list[str]:
+        """Run exactly the sources of `config`'s pools; a pool that is gone stops its own
+        (its discovered backends are removed as the pool's others are)."""
+        wanted = {pool.pool_name: pool.discovery for pool in config.all_pools()}
+        changes = []
+        for name in sorted(set(wanted) | set(self.pools)):
+            service = self.pools.get(name)
+            if service is None:
+                if not wanted.get(name):
+                    continue
+                service = DiscoveryService(
+                    BalancerTarget(self.balancer, name),
+                    self.balancer.clock,
+                    lambda source: make_resolver(source, self.reactor),
+                    on_lookup=self.on_lookup,
+                )
+                self.pools[name] = service
+                service.setServiceParent(self)
+            prefix = "" if name == DEFAULT_POOL else f"pool {name}: "
+            changes += [prefix + change for change in service.apply(wanted.get(name, ()))]
+            if not service.sources:
+                del self.pools[name]
+                service.disownServiceParent()
+        return changes
+
+
+def balancer_discovery(balancer: Any, reactor: Any) -> PoolDiscovery:
+    """Discovery feeding the balancer's pools, counted in its Prometheus registry."""
     from prometheus_client import Counter
 
     lookups = Counter(
@@ -379,11 +439,6 @@ def balancer_discovery(balancer: Any, reactor: Any) -> DiscoveryService:
         if outcome == "error":
             balancer.event(f"discovery {source.label} lookup failed")
 
-    service = DiscoveryService(
-        BalancerTarget(balancer),
-        balancer.clock,
-        lambda source: make_resolver(source, reactor),
-        on_lookup=counted,
-    )
-    service.apply(balancer.config.discovery)
+    service = PoolDiscovery(balancer, reactor, counted)
+    service.apply(balancer.config)
     return service

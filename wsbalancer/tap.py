@@ -32,7 +32,7 @@ from .admin import admin_site
 from .balancer import Balancer
 from .config import DEFAULT_POOL, Config, ConfigError, load
 from .dialer import tls_options
-from .discovery import DiscoveryService, balancer_discovery
+from .discovery import PoolDiscovery, balancer_discovery
 from .notify import sd_notify
 from .poller import CountPoller
 from .tlsreload import reload_certificates, server_endpoint
@@ -161,7 +161,7 @@ class BalancerService(MultiService):
         self.listeners: list[ListenerService] = []
         self.admin: ListenerService | None = None
         self.poller: CountPoller | None = None
-        self.discovery: DiscoveryService | None = None
+        self.discovery: PoolDiscovery | None = None
         # Under twistd a listener that cannot bind ends the process with one clear line;
         # an embedding program gets the exception instead.
         self.exit_on_listen_error = False
@@ -221,7 +221,7 @@ class BalancerService(MultiService):
             return certificates
         changes = certificates + self.balancer.apply_config(new)
         if self.discovery is not None:
-            changes += self.discovery.apply(new.discovery)
+            changes += self.discovery.apply(new)
         self.balancer.event("configuration reloaded: " + ("; ".join(changes) or "no change"))
         log.info("configuration reloaded: {changes}", changes="; ".join(changes) or "no change")
         return changes
