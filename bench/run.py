@@ -35,6 +35,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -597,10 +598,12 @@ def run_interleaved(subjects: list[Subject], args: argparse.Namespace) -> None:
     for name, spec in scenarios(args).items():
         repeat = 1 if name == "idle" else args.repeat  # idle holds thousands of sessions once
         runs: dict[str, list[dict[str, Any]]] = {s.mode: [] for s in subjects}
+        by_round: list[dict[str, dict[str, Any]]] = []
         for r in range(repeat):
             live = [s for s in subjects if not s.failed and not (name == "idle" and not s.proxy)]
             turn = rounds % len(live) if live else 0
             rounds += 1
+            by_round.append({})
             for s in live[turn:] + live[:turn]:
                 print(f"  {name:<9} {r + 1}/{repeat} {s.mode:<25} ...", end="", flush=True)
                 try:
@@ -609,7 +612,9 @@ def run_interleaved(subjects: list[Subject], args: argparse.Namespace) -> None:
                     s.fail(e)
                     continue
                 runs[s.mode].append(out)
+                by_round[-1][s.mode] = out
                 print(f" {summary(name, out)}", flush=True)
+        pair_with_haproxy(name, subjects, by_round)
         for s in subjects:
             done = runs[s.mode]
             if s.failed or not done:
@@ -619,6 +624,79 @@ def run_interleaved(subjects: list[Subject], args: argparse.Namespace) -> None:
             out["repeats"] = [main_figure(name, r) for r in done]
             s.result[name] = out
             print(f"  {name:<9} median {s.mode:<25} {summary(name, out)}", flush=True)
+
+
+# Scenarios whose figure is also compared with HAProxy's round by round, and what is compared.
+PAIRED = {
+    "paced": "proxy CPU µs per echo",
+    "pingpong": "echoes/s",
+    "pipelined": "echoes/s",
+    "large": "MB/s",
+    "sessions": "proxy CPU ms per session",
+}
+
+
+def paired_figure(name: str, out: dict[str, Any]) -> float | None:
+    """The figure of one run that PAIRED compares (None when the run has none)."""
+    if not out.get("ok"):
+        return None
+    pc = proxy_cpu(out)
+    if name == "paced":
+        return pc["cpu_s"] * 1e6 / out["echoes"] if pc and out["echoes"] else None
+    if name == "sessions":
+        return pc["cpu_s"] * 1e3 / out["sessions"] if pc and out["sessions"] else None
+    if name == "large":
+        return float(out["mbytes_per_s"])
+    if name in PAIRED:
+        return float(out["echoes_per_s"])
+    return None
+
+
+def pair_with_haproxy(
+    name: str, subjects: list[Subject], by_round: list[dict[str, dict[str, Any]]]
+) -> None:
+    """Each path's figure over HAProxy's from the same round, and the median of those.
+
+    The runs of one round follow each other within a minute, so a ratio taken inside a
+    round sees one state of the machine; the medians of whole columns can each come from
+    a different minute, and on a shared machine a proxy's CPU per message moves by a third
+    between minutes."""
+    if name not in PAIRED:
+        return
+    for s in subjects:
+        if s.mode == "haproxy":
+            continue
+        ratios = []
+        for outs in by_round:
+            mine, theirs = outs.get(s.mode), outs.get("haproxy")
+            a = paired_figure(name, mine) if mine else None
+            b = paired_figure(name, theirs) if theirs else None
+            if a is not None and b:
+                ratios.append(round(a / b, 3))
+        if ratios:
+            s.result.setdefault("paired", {})[name] = {
+                "ratios": ratios,
+                "median": statistics.median(ratios),
+            }
+
+
+def paired_table(results: dict[str, dict[str, Any]], modes: list[str]) -> str:
+    """The per-round ratios to HAProxy, as a table (empty without HAProxy in the run)."""
+    paired = [m for m in modes if results[m].get("paired")]
+    if not paired:
+        return ""
+    lines = [
+        "| ÷ HAProxy's, same round: median (each round) | " + " | ".join(paired) + " |",
+        "|---|" + "---:|" * len(paired),
+    ]
+    for name, what in PAIRED.items():
+        cells = []
+        for m in paired:
+            p = results[m]["paired"].get(name)
+            each = ", ".join(f"{r:.2f}" for r in p["ratios"]) if p else ""
+            cells.append(f"{p['median']:.2f}× ({each})" if p else "n/a")
+        lines.append(f"| {name}: {what} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def run_scale(
@@ -1230,6 +1308,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(results, modes))
     print()
+    pairs = paired_table(results, modes)
+    if pairs:
+        print(pairs)
+        print()
     if args.scale:
         print(scale_table(results, modes))
         print()
