@@ -425,11 +425,11 @@ async def test_a_named_pool_has_its_own_discovery_and_a_reload_hands_it_back_to_
         await aio(clients[0].send("still here"))
         assert await recv(clients[0]) == "b1: still here"
 
-        # A reload that lists the pool's backend instead: discovery stops, its backend
-        # drains, the listed one takes new sessions.
+        # A reload that lists the pool's backends instead, one of them the discovered b2:
+        # discovery stops, and b2 stays (the file's now), the other one joins.
         path.write_text(
             f"backends: [{{id: main, url: '{main.url}'}}]\n"
-            f"pools:\n  live:\n    backends: [{{id: listed, url: '{b3.url}'}}]\n"
+            f"pools:\n  live:\n    backends: [{{id: listed, url: '{b3.url}'}}, '{b2.url}']\n"
             "routes:\n  - {path: /chat/live, pool: live}\n"
         )
         overrides = [  # the addresses it listens on, as a restart-free reload keeps them
@@ -441,7 +441,8 @@ async def test_a_named_pool_has_its_own_discovery_and_a_reload_hands_it_back_to_
         changes = lb.service.reload()
         assert "pool live: added listed" in changes
         assert f"pool live: discovery srv:{SRV_NAME.decode()} stopped" in changes
-        assert live[b2.id].removed and not live["listed"].removed
+        assert not live[b2.id].removed and "discovered_by" not in live[b2.id].extra
+        assert not live["listed"].removed
         assert not lb.service.discovery.sources
         ws = await aio(websockets.connect(lb.ws_url("/chat/live")))
         clients.append(ws)
@@ -469,8 +470,9 @@ def test_a_pool_feeds_from_its_own_sources_only() -> None:
         "live": ["srv:_ws._tcp.live.test"],
         "listed": [],  # not the top level's
     }
-    with pytest.raises(ConfigError, match=r"pools.empty: backends: at least one backend"):
-        _load_text("pools:\n  empty: {}\n")
+    for body in ("{}", "{discovery: []}"):
+        with pytest.raises(ConfigError, match=r"pools.empty: backends: at least one backend"):
+            _load_text(f"pools:\n  empty: {body}\n")
     with pytest.raises(ConfigError, match=r"feeds pools 'default' and 'live'; a source feeds one"):
         _load_text(
             "discovery: ['srv+ws://_ws._tcp.same.test']\n"
@@ -487,3 +489,28 @@ def _load_text(text: str) -> Any:
         return load(f.name, environ={})
     finally:
         Path(f.name).unlink()
+
+
+def test_an_address_serving_in_another_pool_is_refused_once_per_lookup_series() -> None:
+    from wsbalancer.balancer import Balancer
+    from wsbalancer.discovery import BalancerTarget
+    from wsbalancer.discovery_config import backend_for
+
+    config = _load_text(
+        "pools:\n"
+        "  live: {discovery: ['dns+ws://pods.test:80/']}\n"
+        "  other: {backends: ['ws://10.0.0.1:80']}\n"
+    )
+    balancer = Balancer(config, reactor, clock=Clock())
+    target = BalancerTarget(balancer, "live")
+    lines: list[dict[str, Any]] = []
+    target.log = type("Recorder", (), {"warn": lambda self, f, **kw: lines.append(kw)})()
+    (source,) = config.pools[0].discovery
+    taken = backend_for(source, "10.0.0.1", 80, target.metric_path, "pods.test")
+    free = backend_for(source, "10.0.0.2", 80, target.metric_path, "pods.test")
+    for _ in range(3):  # three lookups find the same two records
+        assert not target.add_discovered(taken, source.label)
+        assert target.add_discovered(free, source.label)
+    assert [line["reason"] for line in lines] == ["it is a backend of pool other"]
+    assert set(balancer.lanes["live"].pool.backends) == {"10.0.0.2:80"}
+    assert set(balancer.lanes["other"].pool.backends) == {"10.0.0.1:80"}

@@ -115,6 +115,7 @@ routes:
         assert lb.balancer.lanes["beta"].pool.backends["b1"].draining
         # a backend added through the API to a named pool takes that pool's sessions
         for body, code in (
+            ({"id": "b2", "url": b2.url}, 404),  # the default pool takes no request here
             ({"id": "b2", "url": b2.url, "pool": "nope"}, 404),
             ({"id": "b2", "url": b2.url, "pool": "beta"}, 201),
         ):

@@ -310,14 +310,25 @@ class AdminApi(Resource):
             metric=body.get("metric"),
             weight=body.get("weight", 1),
         )
-        lane = self.balancer.lanes.get(body.get("pool", DEFAULT_POOL))
-        if lane is None or lane.retired:
-            raise ApiError(404, "unknown_pool", f"no pool named {body['pool']!r}")
+        name = body.get("pool", DEFAULT_POOL)
+        lane = self.balancer.lanes.get(name)
+        config_now = self.balancer.config
+        unrouted = (
+            name == DEFAULT_POOL
+            and config_now.default_pool != DEFAULT_POOL
+            and all(route.pool != DEFAULT_POOL for route in config_now.routes)
+        )
+        if lane is None or lane.retired or unrouted:
+            # (With only named pools the default one takes no request: nothing to add to.)
+            raise ApiError(404, "unknown_pool", f"no pool named {name!r}")
         try:
             config = _build_backend(spec, lane.config.metric_path)
         except ConfigError as e:
             raise ApiError(400, "bad_backend", str(e).removeprefix("request: "))
-        if any(b.id == config.id and not b.removed for _, b in self.balancer.all_backends()):
+        if any(
+            b.id == config.id and (not b.removed or other is not lane)
+            for other, b in self.balancer.all_backends()
+        ):  # (a removed one of this pool is brought back; ids are unique across pools)
             raise ApiError(409, "conflict", f"backend {config.id!r} exists")
         state = self.balancer.add_backend(config, lane)
         return 201, backend_view(self.balancer, state)

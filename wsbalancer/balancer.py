@@ -150,6 +150,19 @@ class Balancer:
                 return lane
         return None
 
+    def _other_pool_with(self, backend_id: str, lane: Lane) -> Lane | None:
+        """Another pool whose DNS discovery serves a backend with this id."""
+        for other in self.lanes.values():
+            state = other.pool.backends.get(backend_id)
+            if (
+                other is not lane
+                and state is not None
+                and not state.removed
+                and state.extra.get("discovered_by")
+            ):
+                return other
+        return None
+
     def all_backends(self) -> list[tuple[Lane, BackendState]]:
         """Every backend of every pool, with its pool."""
         return [(lane, b) for lane in self.lanes.values() for b in lane.pool.backends.values()]
@@ -246,8 +259,19 @@ class Balancer:
         pool.fall, pool.rise = new.health_fall, new.health_rise
         pool.breaker_threshold, pool.breaker_cooldown = new.breaker_threshold, new.breaker_cooldown
         wanted = {b.id: b for b in new.backends}
-        for backend_id, config in wanted.items():
+        for backend_id, config in list(wanted.items()):
+            elsewhere = self._other_pool_with(backend_id, lane)
+            if elsewhere is not None:
+                # Ids are unique across pools (the views, metrics and API go by id): the one
+                # another pool's discovery found and serves keeps it.
+                del wanted[backend_id]
+                changes.append(
+                    f"{prefix}not adding {backend_id}: a backend of pool {elsewhere.name}"
+                )
+                continue
             state = pool.backends.get(backend_id)
+            if state is not None:
+                state.extra.pop("discovered_by", None)  # listed now: the file's to remove
             if state is None or state.removed:
                 pool.add(config).removed = False
                 if state is not None:

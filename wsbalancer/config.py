@@ -756,7 +756,8 @@ def _pool_specs(data: Any, source: str) -> list[_PoolSpec]:
             if not key.startswith(POOL_KEY_PREFIXES):
                 raise ConfigError(f"{where}: {key}: set for the whole balancer, not per pool")
             spec.values[key] = _Value(value, where)
-        if not spec.backends and "discovery" not in spec.values:
+        discovery = spec.values.get("discovery")
+        if not spec.backends and (discovery is None or not discovery.value):
             raise ConfigError(f"{where}: backends: at least one backend (or discovery) is needed")
         specs.append(spec)
     return specs

@@ -55,6 +55,20 @@ class BalancerTarget:
     def __init__(self, balancer: Any, pool: str = DEFAULT_POOL) -> None:
         self.balancer = balancer
         self.pool = pool
+        # (source, id, reason) already logged: a refused record is offered again on every
+        # lookup, and is worth one line, not one per TTL.
+        self._refused: set[tuple[str, str, str]] = set()
+
+    def _refuse(self, source: str, backend_id: str, reason: str) -> bool:
+        if (source, backend_id, reason) not in self._refused:
+            self._refused.add((source, backend_id, reason))
+            self.log.warn(
+                "discovery {source}: not adding {backend}: {reason}",
+                source=source,
+                backend=backend_id,
+                reason=reason,
+            )
+        return False
 
     @property
     def lane(self) -> Any:
@@ -72,23 +86,13 @@ class BalancerTarget:
         if state is not None and not state.removed and owner not in (None, source):
             return True  # another source found the same address: it already serves
         if state is not None and not state.removed and owner is None:
-            self.log.warn(
-                "discovery {source}: {backend} is a listed backend; not adding it again",
-                source=source,
-                backend=config.id,
-            )
-            return False
+            return self._refuse(source, config.id, "it is a listed backend")
         for other, taken in self.balancer.all_backends():
-            if other is not lane and taken.id == config.id and not taken.removed:
-                self.log.warn(
-                    "discovery {source}: {backend} is a backend of pool {other}; ids are "
-                    "unique across pools, so not adding it to pool {pool}",
-                    source=source,
-                    backend=config.id,
-                    other=other.name,
-                    pool=self.pool,
-                )
-                return False
+            if other is not lane and taken.id == config.id:
+                # Ids are unique across pools; one still draining there is retried on the
+                # next lookups, until it is gone.
+                return self._refuse(source, config.id, f"it is a backend of pool {other.name}")
+        self._refused = {r for r in self._refused if r[1] != config.id}
         state = self.balancer.add_backend(config, lane)
         state.extra[DISCOVERED] = source
         return True
