@@ -99,6 +99,8 @@ routes:
         assert doc["pools"]["alpha"]["backends"] == ["a1", "a2"]
         assert doc["pools"]["beta"]["backends"] == ["b1"]
         assert {b["id"] for b in doc["backends"]} == {"a1", "a2", "b1"}
+        code, ready = await _admin_json(lb, "/readyz")
+        assert code == 200 and ready["usableBackends"] == ["a1", "a2", "b1"]  # every pool's
         # the admin API sees and acts on backends of every pool
         _, api = await _admin_json(lb, "/api/backends")
         assert {b["id"]: b["pool"] for b in api["backends"]} == {

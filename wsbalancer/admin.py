@@ -255,7 +255,13 @@ def admin_site(balancer: Balancer, frontends: Any = None, workers: Any = None) -
 
     def readiness() -> tuple[int, dict[str, Any]]:
         ready = balancer.ready()
-        usable = [b.id for b in balancer.pool.backends.values() if balancer.pool.usable(b)]
+        usable = [  # of every pool that takes requests
+            b.id
+            for lane in balancer.lanes.values()
+            if not lane.retired
+            for b in lane.pool.backends.values()
+            if lane.pool.usable(b)
+        ]
         return (200 if ready else 503), {"ready": ready, "usableBackends": usable}
 
     root.putChild(b"readyz", JSONResource(readiness))
