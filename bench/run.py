@@ -54,6 +54,8 @@ MODES = (
     "wsbalancer-splice-workers",
     "haproxy",
 )
+# Reference paths run only when asked for (--floor, or by name in --only).
+EXTRA_MODES = ("twisted-floor",)
 NOFILE_WANTED = 65536
 
 
@@ -404,11 +406,26 @@ class WsBalancerSpliceWorkers(WsBalancerWorkers):
     settings = ("workers=auto", "relay.mode=splice")
 
 
+class TwistedFloor(Proxy):
+    """bench/tcp_floor.py: Twisted's connection machinery with no WebSocket work, so a
+    figure can be split into what the platform costs and what wsbalancer adds to it."""
+
+    name = "twisted-floor"
+
+    def command(self, backends: list[Backend]) -> tuple[list[str], dict[str, str]]:
+        cmd = [sys.executable, str(BENCH / "tcp_floor.py"), str(self.port)]
+        cmd += [str(b.port) for b in backends]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        return cmd, env
+
+
 PROXIES: dict[str, type[Proxy]] = {
     "wsbalancer": WsBalancer,
     "wsbalancer-splice": WsBalancerSplice,
     "wsbalancer-workers": WsBalancerWorkers,
     "wsbalancer-splice-workers": WsBalancerSpliceWorkers,
+    "twisted-floor": TwistedFloor,
 }
 
 
@@ -1162,7 +1179,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", metavar="FILE", help="also write all results as JSON")
     parser.add_argument(
-        "--only", metavar="MODES", help="comma-separated subset of: " + ",".join(MODES)
+        "--only",
+        metavar="MODES",
+        help="comma-separated subset of: " + ",".join(MODES + EXTRA_MODES),
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run twisted-floor: a bare Twisted TCP relay (bench/tcp_floor.py), "
+        "what the platform costs before any WebSocket work",
     )
     parser.add_argument("--duration", type=float, help="seconds per measured window")
     parser.add_argument(
@@ -1192,9 +1217,11 @@ def main(argv: list[str] | None = None) -> int:
     modes = list(MODES)
     if args.only:
         modes = [m.strip() for m in args.only.split(",") if m.strip()]
-        bad = [m for m in modes if m not in MODES]
+        bad = [m for m in modes if m not in MODES + EXTRA_MODES]
         if bad:
-            parser.error(f"--only: unknown {bad}; choose from {','.join(MODES)}")
+            parser.error(f"--only: unknown {bad}; choose from {','.join(MODES + EXTRA_MODES)}")
+    if args.floor and "twisted-floor" not in modes:
+        modes.insert(modes.index("haproxy") if "haproxy" in modes else len(modes), "twisted-floor")
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if not 1 <= args.repeat <= 15:
