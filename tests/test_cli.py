@@ -94,6 +94,45 @@ def test_a_taken_port_fails_start_up_with_one_line() -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_workers_without_a_writable_temp_dir_fail_start_up_with_one_line(tmp_path: Path) -> None:
+    # As a read-only root with no writable /tmp does (deploy/kubernetes): the temporary
+    # directory the worker sockets live in cannot be made. A real twistd start-up, with
+    # tempfile pointed at a directory that cannot exist.
+    missing = tmp_path / "not-a-directory"
+    missing.write_text("")
+    script = (
+        "import sys, tempfile; tempfile.tempdir = sys.argv.pop(1); "
+        "from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(missing / "tmp"),
+            "-n",
+            "--pidfile=",
+            "wsbalancer",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--admin-listen",
+            "tcp:0:interface=127.0.0.1",
+            "--backend",
+            "ws://127.0.0.1:1",
+            "--set",
+            "workers=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "wsbalancer: workers: 2 processes talk over Unix sockets in a temporary directory" in out
+    assert "Traceback" not in out
+
+
 def test_seed_environment_alone_is_enough_to_relay() -> None:
     import json
     import urllib.request

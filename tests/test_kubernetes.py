@@ -48,3 +48,24 @@ def test_the_configmap_holds_a_configuration_the_balancer_accepts(tmp_path: Path
     probes = pod["containers"][0]
     assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_the_pod_runs_a_set_number_of_workers_with_a_writable_tmp(tmp_path: Path) -> None:
+    # `workers: auto` counts the node's cores, not the pod's request; and worker processes
+    # need a writable temporary directory, which a read-only root does not give.
+    documents = {d["kind"]: d for m in MANIFESTS for d in yaml.safe_load_all(m.read_text())}
+    text = documents["ConfigMap"]["data"]["wsbalancer.yaml"]
+    assert "workers" in yaml.safe_load(text)
+    config_file = tmp_path / "wsbalancer.yaml"
+    config_file.write_text(text)
+    config = load(str(config_file), environ={})
+    cpu = documents["Deployment"]["spec"]["template"]["spec"]["containers"][0]["resources"]
+    requested = cpu["requests"]["cpu"]
+    cores = int(requested[:-1]) / 1000 if requested.endswith("m") else float(requested)
+    assert config.workers <= max(1, round(cores))
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]

@@ -57,6 +57,10 @@ _RESTART_DELAY_MAX = 30.0
 _STABLE_AFTER = 10.0  # a worker that ran this long restarts after the shortest delay again
 
 
+class WorkerStartError(RuntimeError):
+    """The worker processes cannot be started; the message is the operator's one line."""
+
+
 def cpu_count() -> int:
     """The cores this process may run on (a cgroup CPU set counts, not the machine's)."""
     try:
@@ -135,7 +139,14 @@ class WorkerPool(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.directory = tempfile.mkdtemp(prefix="wsbalancer-workers-")  # mode 0700
+        try:
+            self.directory = tempfile.mkdtemp(prefix="wsbalancer-workers-")  # mode 0700
+        except OSError as e:  # a read-only root with no writable /tmp, say
+            raise WorkerStartError(
+                f"workers: {self.count} processes talk over Unix sockets in a temporary "
+                f"directory, and none is writable (set TMPDIR, mount one at /tmp, or set "
+                f"workers: 1): {e}"
+            ) from e
         for index in range(1, self.count):
             self._spawn(index)
         _log.info("started {n} worker processes beside this one", n=self.count - 1)
