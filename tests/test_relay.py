@@ -234,6 +234,48 @@ async def test_client_vanishing_closes_the_backend_leg_and_frees_the_session() -
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_reload_turns_the_idle_timeout_on_and_retimes_the_poll() -> None:
+    from dataclasses import replace
+
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    backend = start_backend("b1")
+    lb = await start_balancer([backend.url])
+    try:
+        assert lb.service.idle_sweeper is None
+        idle = await aio(websockets.connect(lb.ws_url()))
+        busy = await aio(websockets.connect(lb.ws_url()))
+        await wait_for(lambda: len(lb.balancer.sessions) == 2)
+        lb.balancer.sweep_idle()  # as a running sweep would have: both noted as they are
+        level = lb.balancer.config.log_level
+        config = replace(lb.balancer.config, idle_timeout=0.3, poll_interval=0.5, log_level="warn")
+        lb.service.reload_source = lambda: config  # what SIGHUP runs
+        changes = lb.service.reload()
+        assert "idle timeout now 0.3s" in changes and "poll interval now 0.5s" in changes
+        assert "log level now warn" in changes
+        # the new timer swept at once; it closed nothing, as neither was idle a whole period
+        assert len(lb.balancer.sessions) == 2
+        assert lb.service.poll_timer._loop.interval == 0.5 and lb.service.poll_timer.running
+        started = reactor.seconds()
+        while not idle.close_code:  # bounded by the deadline below
+            await aio(busy.send("tick"))
+            assert await aio(busy.recv()) == "tick"
+            await deferLater(reactor, 0.05, lambda: None)
+            assert reactor.seconds() - started < 10, "idle session was never closed"
+        assert idle.close_code == 1001 and idle.close_reason == "idle timeout"
+        lb.service.reload_source = lambda: replace(config, idle_timeout=0.0, log_level=level)
+        assert "idle timeout off" in lb.service.reload()
+        assert lb.service.idle_sweeper is None
+        await aio(busy.send("still open"))
+        assert await aio(busy.recv()) == "still open"
+        await aio(busy.close())
+    finally:
+        await lb.stop()
+        await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_idle_sessions_are_closed_with_1001_and_busy_ones_are_not() -> None:
     from twisted.internet import reactor
     from twisted.internet.task import deferLater

@@ -36,7 +36,7 @@ from .discovery import PoolDiscovery, balancer_discovery
 from .notify import sd_notify
 from .poller import CountPoller
 from .tlsreload import reload_certificates, server_endpoint
-from .workers import WorkerPool
+from .workers import WorkerPool, WorkerStartError
 
 log = logs.logger("wsbalancer")
 
@@ -162,7 +162,8 @@ class BalancerService(MultiService):
         self.admin: ListenerService | None = None
         self.poller: CountPoller | None = None
         self.discovery: PoolDiscovery | None = None
-        # Under twistd a listener that cannot bind ends the process with one clear line;
+        # Under twistd a listener that cannot bind (or worker processes that cannot start)
+        # ends the process with one clear line;
         # an embedding program gets the exception instead.
         self.exit_on_listen_error = False
         # Where a reload reads the configuration again (set by makeService); SIGHUP reloads.
@@ -170,6 +171,8 @@ class BalancerService(MultiService):
         self.clock: Any = balancer.clock
         self.workers: WorkerPool | None = None  # the other worker processes (workers.py)
         self.frontends: Frontends | None = None  # what the admin API pauses and resumes
+        self.poll_timer: TimerService | None = None  # balancing.poll_interval
+        self.idle_sweeper: TimerService | None = None  # timeouts.idle (none while it is 0)
 
     def privilegedStartService(self) -> None:
         # twistd binds ports here, before it drops privileges.
@@ -183,6 +186,11 @@ class BalancerService(MultiService):
                 raise
             where = f"{e.interface or '*'}:{e.port}"
             sys.stderr.write(f"wsbalancer: cannot listen on {where}: {e.socketError}\n")
+            raise SystemExit(1)
+        except WorkerStartError as e:
+            if not self.exit_on_listen_error:
+                raise
+            sys.stderr.write(f"wsbalancer: {e}\n")
             raise SystemExit(1)
 
     def startService(self) -> None:
@@ -219,11 +227,44 @@ class BalancerService(MultiService):
         except ConfigError as e:
             log.error("reload rejected, the running configuration stays: {error}", error=str(e))
             return certificates
+        old = self.balancer.config
         changes = certificates + self.balancer.apply_config(new)
+        if new.log_level != old.log_level:
+            logs.set_level(new.log_level)
+            changes.append(f"log level now {new.log_level}")
         if self.discovery is not None:
             changes += self.discovery.apply(new)
+        changes += self._retime(new)
         self.balancer.event("configuration reloaded: " + ("; ".join(changes) or "no change"))
         log.info("configuration reloaded: {changes}", changes="; ".join(changes) or "no change")
+        return changes
+
+    def _retime(self, new: Config) -> list[str]:
+        """Restart the poll and idle-sweep timers whose period a reload changed."""
+        changes = []
+        timer = self.poll_timer
+        if timer is not None and timer.step != new.poll_interval:
+            timer.stopService()
+            timer.step = new.poll_interval
+            timer.startService()  # polls at once, then every new period
+            changes.append(f"poll interval now {new.poll_interval:g}s")
+        sweeper = self.idle_sweeper
+        if (sweeper.step if sweeper is not None else 0.0) != new.idle_timeout:
+            if sweeper is not None:
+                sweeper.disownServiceParent()
+            self.idle_sweeper = None
+            if new.idle_timeout:
+                # The new timer sweeps at once: that sweep only takes note of each session,
+                # so none is closed before it has been idle for a whole new period.
+                for session in self.balancer.sessions.values():
+                    session.idle_mark = -1
+                self.idle_sweeper = idle_sweeper(self.balancer, new.idle_timeout)
+                self.idle_sweeper.setServiceParent(self)
+            changes.append(
+                f"idle timeout now {new.idle_timeout:g}s"
+                if new.idle_timeout
+                else "idle timeout off"
+            )
         return changes
 
     def stopService(self) -> Deferred[None]:
@@ -310,6 +351,13 @@ class ListenerService(StreamServerEndpointService):
         return result
 
 
+def idle_sweeper(balancer: Balancer, period: float) -> TimerService:
+    """The timer closing sessions idle for a whole period (checked once per period)."""
+    sweeper = TimerService(period, balancer.sweep_idle)
+    sweeper.clock = balancer.reactor
+    return sweeper
+
+
 def build_service(
     config: Config, reactor: Any, worker_spec: dict[str, Any] | None = None
 ) -> BalancerService:
@@ -352,6 +400,7 @@ def build_service(
     timer = TimerService(config.poll_interval, balancer.poll_all)
     timer.clock = reactor
     timer.setServiceParent(top)
+    top.poll_timer = timer
     top.poller = balancer.lanes[DEFAULT_POOL].poller
 
     discovery = balancer_discovery(balancer, reactor)
@@ -359,9 +408,8 @@ def build_service(
     top.discovery = discovery
 
     if config.idle_timeout:
-        sweeper = TimerService(config.idle_timeout, balancer.sweep_idle)
-        sweeper.clock = reactor
-        sweeper.setServiceParent(top)
+        top.idle_sweeper = idle_sweeper(balancer, config.idle_timeout)
+        top.idle_sweeper.setServiceParent(top)
 
     top.frontends = Frontends(top.listeners)
     admin = ListenerService(
