@@ -19,7 +19,6 @@ import sys
 from typing import Any
 
 from twisted.internet import protocol, reactor  # Linux's default: the epoll reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from wsbalancer.lean import write_now  # and with it the reactor trims wsbalancer runs with
 
@@ -40,35 +39,61 @@ class Leg(protocol.Protocol):
 
 
 class ClientLeg(Leg):
-    """The accepted connection: reads wait until the backend connection is up."""
+    """The accepted connection. What it sends before the backend connection is up (the
+    handshake) is held and written once it is; the client sends nothing more until the
+    backend's answer, so that is all that is ever held."""
+
+    held: list[bytes] | None = None
 
     def connectionMade(self) -> None:
-        self.transport.pauseProducing()
+        self.held = []
         self.backend = self.factory.pick()
-        connecting = self.factory.endpoints[self.backend].connect(BackendFactory())
-        connecting.addCallbacks(self.paired, self.unreachable)
+        host, port = self.factory.backends[self.backend]
+        reactor.connectTCP(host, port, BackendConnector(self))  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.held is not None:
+            self.held.append(data)
+        else:
+            super().dataReceived(data)
 
     def paired(self, backend: Leg) -> None:
-        if not self.transport.connected:
-            backend.transport.loseConnection()
-            return
         self.peer, backend.peer = backend, self
         # A slow reader on either side pauses the other side's reads (as Twisted's
         # producer/consumer API does for any relay), so memory stays bounded.
         self.transport.registerProducer(backend.transport, True)
         backend.transport.registerProducer(self.transport, True)
-        self.transport.resumeProducing()
-
-    def unreachable(self, failure: Any) -> None:
-        self.transport.loseConnection()
+        held, self.held = self.held or [], None
+        if held:
+            write_now(backend.transport, b"".join(held))
 
     def connectionLost(self, reason: Any = None) -> None:
         self.factory.open[self.backend] -= 1
         super().connectionLost(reason)
 
 
-class BackendFactory(protocol.Factory):
-    protocol = Leg
+class BackendLeg(Leg):
+    """The connection to the backend: paired with its client once it is up."""
+
+    def connectionMade(self) -> None:
+        client = self.factory.client
+        if client.transport.connected:
+            client.paired(self)
+        else:
+            self.transport.loseConnection()
+
+
+class BackendConnector(protocol.ClientFactory):
+    """Dials one backend for one client connection (reactor.connectTCP: Twisted's
+    cheapest way to dial, no endpoint or Deferred in between)."""
+
+    protocol = BackendLeg
+
+    def __init__(self, client: ClientLeg) -> None:
+        self.client = client
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.client.transport.loseConnection()
 
 
 class FloorFactory(protocol.Factory):
@@ -77,7 +102,7 @@ class FloorFactory(protocol.Factory):
     protocol = ClientLeg
 
     def __init__(self, backend_ports: list[int]) -> None:
-        self.endpoints = [TCP4ClientEndpoint(reactor, "127.0.0.1", p) for p in backend_ports]
+        self.backends = [("127.0.0.1", p) for p in backend_ports]
         self.open = [0] * len(backend_ports)
 
     def pick(self) -> int:
