@@ -232,7 +232,7 @@ def _receive(leg: Any, data: bytes) -> None:
             leg.relayed(length)
             if pos < size or (_batch and _batch.get(partner)):
                 emit(partner, out, pos == size)
-            elif partner.send_queue or partner.splice_in is not None:
+            elif partner.queued or partner.splice_in is not None:
                 partner.sendData(out)
             else:
                 write_now(partner.transport, out)  # what LeanSend.sendData comes to

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pprint
 import types
+from collections import deque
 from typing import Any
 
 import autobahn.twisted.websocket as autobahn_twisted_websocket
@@ -159,6 +160,20 @@ def write_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
+# What Autobahn keeps of a finished handshake on the protocol: the raw request and response
+# and the parsed request headers, about 1.5 KiB an idle session that nothing reads again
+# (the session takes what it needs, path and headers for re-dials, before they go).
+_HANDSHAKE_LEFTOVERS = ("http_headers", "http_request_data", "http_response_data")
+
+
+def shed_handshake(leg: Any) -> None:
+    """Let go of a leg's handshake text once the session no longer needs it."""
+    state = leg.__dict__
+    for name in _HANDSHAKE_LEFTOVERS:
+        if name in state:
+            state[name] = None
+
+
 def restart_ping_timeout(leg: Any) -> None:
     """Give a leg's keepalive ping its whole pong timeout from now."""
     if getattr(leg, "autoPingTimeoutCall", None) is None:
@@ -209,7 +224,22 @@ class LeanSend:
     """The common write path without Autobahn's per-write debug formatting and statistics."""
 
     transport: Any
-    send_queue: Any
+    # Autobahn's queue of delayed writes (sync or chopped sends), made when first used:
+    # an empty deque per leg is about 0.7 KiB of every idle session. The relay's own
+    # checks read `queued` (None or the deque), which never makes one.
+    queued: Any = None
+
+    @property
+    def send_queue(self) -> Any:
+        queue = self.queued
+        if queue is None:
+            queue = self.queued = deque()
+        return queue
+
+    @send_queue.setter
+    def send_queue(self, value: Any) -> None:
+        self.queued = value if value else None  # the empty one each connection starts with
+
     # Spliced sessions (splice.py): the direction reading this leg, and the one writing
     # to it, whose half-written frame this leg's own frames must wait for.
     splice_out: Any = None
@@ -220,7 +250,7 @@ class LeanSend:
         if splice is not None and splice.mid_frame():
             splice.hold_write(self, data)
             return
-        if sync or chopsize or self.send_queue:
+        if sync or chopsize or self.queued:
             super().sendData(data, sync, chopsize)  # type: ignore[misc]
         else:
             write_now(self.transport, data)

@@ -28,7 +28,7 @@ from .dialer import BackendConnectError, BackendHandshakeError
 from .frames import FastFrames, prepare, receive
 from .headers import parse_raw_headers
 from .httpproxy import proxy_site
-from .lean import LeanReceive, LeanSend
+from .lean import LeanReceive, LeanSend, shed_handshake
 from .logs import logger
 from .session import RelaySession, peer_host
 
@@ -142,6 +142,7 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
 
     def onOpen(self) -> None:
         self._handshake_pending = False
+        shed_handshake(self)  # the session took what it needs of the request
         tune_compression(self, self.factory.balancer.config.compression_level)
         prepare(self)
         if self.session is not None:
@@ -248,6 +249,7 @@ class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol
         self._dataReceived(data)
 
     def onOpen(self) -> None:
+        self.factory = self.dial.shared_factory  # the dial's copy served the handshake only
         tune_compression(self, self.dial.session.balancer.config.compression_level)
         prepare(self)
         unwrap(self)

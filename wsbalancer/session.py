@@ -32,6 +32,7 @@ from .affinity import new_nonce
 from .config import DEFAULT_POOL
 from .dialer import BackendConnectError, BackendHandshakeError, backend_resource
 from .headers import backend_request_headers, parse_raw_headers, pass_back_headers
+from .lean import shed_handshake
 from .splice import (
     attach_backend,
     client_offers,
@@ -126,7 +127,8 @@ class RelaySession:
         self.closed_by = ""
         self.idle_mark = -1
         self.dial_args: dict[str, Any] = {}
-        self.held: deque[tuple[bytes, bool | None]] = deque()
+        # made on the first message held (failing over), so idle sessions carry none
+        self.held: deque[tuple[bytes, bool | None]] | None = None
         self.held_bytes = 0
         self.reconnecting = False
         self.reconnects = 0
@@ -201,6 +203,7 @@ class RelaySession:
             client.perMessageCompressionAccept = mirror_accept(leg)  # type: ignore[attr-defined]
         balancer.session_opened(self)
         back = pass_back_headers(parse_raw_headers(leg.http_response_data), config)
+        shed_handshake(leg)
         if affinity.mode == "cookie":
             state = self.backend_state
             if state is not None and placement.backend is not state:
@@ -273,6 +276,8 @@ class RelaySession:
             finally:
                 self.dial = None
             pool.dial_succeeded(backend)
+            if attempt:
+                shed_handshake(leg)  # a re-dial: its 101's headers go nowhere
             misfit = self._misfit(leg) if attempt else None
             if misfit is not None:
                 errors.append(f"{backend.id}: {misfit[0]}")
@@ -340,6 +345,8 @@ class RelaySession:
     def hold(self, payload: bytes, is_binary: bool | None) -> None:
         """A client message while no backend leg is open: keep it, in order (`is_binary`
         None: raw frames of a spliced session)."""
+        if self.held is None:
+            self.held = deque()
         self.held.append((payload, is_binary))
         self.held_bytes += len(payload)
         if self.held_bytes >= self.lane.config.failover_buffer:
@@ -432,8 +439,9 @@ class RelaySession:
     def _flush_held(self) -> None:
         leg = self.backend
         assert leg is not None
-        while self.held:
-            payload, is_binary = self.held.popleft()
+        held, self.held = self.held, None
+        while held:
+            payload, is_binary = held.popleft()
             if is_binary is None:  # frames of a spliced session, as the client sent them
                 leg.transport.write(payload)
                 continue

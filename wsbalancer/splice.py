@@ -293,7 +293,7 @@ def splice_compatible(client: Any, backend: Any) -> bool:
         if any(getattr(a, name) != getattr(b, name) for name in _DEFLATE_PARAMS):
             return False
     # Frames the backend leg's parser has already taken in belong to message mode.
-    return backend.current_frame is None and not backend.inside_message and not backend.send_queue
+    return backend.current_frame is None and not backend.inside_message and not backend.queued
 
 
 def fails_over_cleanly(client: Any) -> bool:
