@@ -324,3 +324,37 @@ async def test_permessage_deflate_is_negotiated_per_leg() -> None:
         await default.stop()
         await mirror.stop()
         await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_open_sessions_let_go_of_what_only_their_handshakes_needed() -> None:
+    # What an idle session holds is what a balancer's memory grows with: once open, neither
+    # leg keeps its handshake's text, the backend leg uses its backend's shared factory
+    # rather than the dial's copy, and no write queue is made until a write waits.
+    backend = start_backend("b1")
+    lb = await start_balancer([backend.url])
+    try:
+        first = await aio(websockets.connect(lb.ws_url("/a?x=1")))
+        second = await aio(websockets.connect(lb.ws_url("/b")))
+        await wait_for(lambda: len(lb.balancer.sessions) == 2)
+        shared = lb.balancer.dialer._factories[lb.balancer.config.backends[0].id][1]
+        for session in lb.balancer.sessions.values():
+            client, leg = session.client, session.backend
+            for side in (client, leg):
+                assert side.http_request_data is None and side.http_response_data is None
+                assert side.queued is None
+            assert client.http_headers is None
+            assert leg.factory is shared
+            assert session.held is None
+        # what the session still needs of the request is there: the path, and the
+        # headers a re-dial sends again
+        paths = sorted(s.client.http_request_uri for s in lb.balancer.sessions.values())
+        assert paths == ["/a?x=1", "/b"]
+        assert [h["path"] for h in backend.backend.handshakes] == ["/a", "/b"]
+        for ws in (first, second):
+            await aio(ws.send("still relayed"))
+            assert await aio(ws.recv()) == "still relayed"
+            await aio(ws.close())
+    finally:
+        await lb.stop()
+        await backend.stop()
