@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark: a direct connection vs wsbalancer vs HAProxy, side by side, in one run.
 
-    .venv/bin/python bench/run.py            # full run (~2-3 minutes)
-    .venv/bin/python bench/run.py --quick    # CI-sized run (well under 2 minutes)
+    .venv/bin/python bench/run.py            # full run (3 rounds: about 12-15 minutes)
+    .venv/bin/python bench/run.py --quick    # 1 round, short windows (about 2 minutes)
     .venv/bin/python bench/run.py --json out.json --only wsbalancer,haproxy
 
 It prints figures, it is not a test: it exits 0 whenever it could measure, and non-zero only
