@@ -240,13 +240,18 @@ class BalancerService(MultiService):
         return changes
 
     def _retime(self, new: Config) -> list[str]:
-        """Restart the poll and idle-sweep timers whose period a reload changed."""
+        """Re-time the poll and idle-sweep timers whose period a reload changed."""
         changes = []
         timer = self.poll_timer
         if timer is not None and timer.step != new.poll_interval:
-            timer.stopService()
-            timer.step = new.poll_interval
-            timer.startService()  # polls at once, then every new period
+            timer.step = new.poll_interval  # what the loop starts with, if not yet running
+            loop = getattr(timer, "_loop", None)
+            if timer.running and loop is not None and loop.running:
+                # Re-time the loop in place: a poll still in flight finishes as it would,
+                # and the next one follows the new period (stopping and starting the
+                # loop would poll at once, alongside the one in flight).
+                loop.interval = new.poll_interval
+                loop.reset()  # (only reschedules a wait in progress)
             changes.append(f"poll interval now {new.poll_interval:g}s")
         sweeper = self.idle_sweeper
         if (sweeper.step if sweeper is not None else 0.0) != new.idle_timeout:
