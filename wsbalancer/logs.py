@@ -47,9 +47,23 @@ def logger(namespace: str) -> Logger:
     return _LevelledLogger(namespace=namespace, observer=observer)
 
 
+# Filters on whole processes' output (a worker's), kept at the level set_level applies.
+_process_predicates: list[LogLevelFilterPredicate] = []
+
+
+def process_predicate(level: str) -> LogLevelFilterPredicate:
+    """A level filter for everything a process logs, which follows later `set_level` calls
+    (a reload that lowers log.level then shows the lines it asks for)."""
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
+    _process_predicates.append(predicate)
+    return predicate
+
+
 def set_level(level: str) -> None:
     """Apply `log.level` to our events and to Autobahn's (which stays quieter unless debug)."""
     _predicate.setLogLevelForNamespace("", LEVELS[level])
+    for predicate in _process_predicates:
+        predicate.setLogLevelForNamespace("", LEVELS[level])
     _wanted.clear()
     _wanted.update(_ORDER[_ORDER.index(LEVELS[level]) :])
     txaio.set_global_log_level("debug" if level == "debug" else "warn")  # type: ignore[attr-defined]

@@ -23,7 +23,6 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
-    LogLevelFilterPredicate,
     globalLogBeginner,
     textFileLogObserver,
 )
@@ -31,7 +30,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from . import session as session_module
 from .config import Config, load
-from .logs import LEVELS, json_observer
+from .logs import json_observer, process_predicate
 from .tap import BalancerService, build_service
 from .tlsreload import server_endpoint
 from .workers import SESSION_ID_BLOCK, WORKER_ENV
@@ -132,7 +131,7 @@ def _start_logging(config: Config, index: int) -> None:
         base(event)
 
     # log.level applies to everything here, as twistd's own observer does in the master.
-    level = LogLevelFilterPredicate(defaultLogLevel=LEVELS[config.log_level])
+    level = process_predicate(config.log_level)
     filtered = FilteringLogObserver(observer, [level])  # type: ignore[arg-type]
     globalLogBeginner.beginLoggingTo([filtered], redirectStandardIO=False)
 
