@@ -29,8 +29,8 @@ class Leg(protocol.Protocol):
     peer: Leg | None = None
 
     def dataReceived(self, data: bytes) -> None:
-        assert self.peer is not None
-        write_now(self.peer.transport, data)
+        if self.peer is not None:  # (a read in the same wake-up as the other side's close)
+            write_now(self.peer.transport, data)
 
     def connectionLost(self, reason: Any = None) -> None:
         if self.peer is not None:
