@@ -120,6 +120,7 @@ def test_balancer_metrics_backend_state() -> None:
         "health": "up",
         "stale": False,
         "breaker": "closed",
+        "ejectedUntil": None,
         "enabled": True,
         "draining": False,
         "usable": True,

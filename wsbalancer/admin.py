@@ -74,6 +74,10 @@ def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
                 "health": b.health,
                 "stale": b.stale,
                 "breaker": b.breaker,
+                # set while outlier detection keeps new sessions off it
+                "ejectedUntil": _iso(pool.outliers.ejected_until(b.id), balancer)
+                if pool.outliers is not None
+                else None,
                 "enabled": b.enabled,
                 "draining": b.draining,
                 "usable": pool.usable(b),

@@ -23,6 +23,7 @@ from .extensions import SessionRecorder
 from .lean import bake_options
 from .logs import logger
 from .metrics import BalancerMetrics
+from .outlier import OutlierDetector, OutlierState
 from .pool import BackendPool, BackendState
 from .relay import (
     BackendProtocol,
@@ -105,6 +106,14 @@ class Balancer:
             rng=self.rng,
         )
         pool.on_state_change = self._state_changed
+        pool.outliers = OutlierDetector(
+            self.clock,
+            hosts=lambda: [b.id for b in pool.backends.values() if not b.removed],
+            consecutive_failures=config.outlier_consecutive_failures,
+            base_ejection=config.outlier_base_ejection,
+            max_ejection_percent=config.outlier_max_ejection_percent,
+            on_change=self._outlier_changed,
+        )
         dialer = BackendDialer(
             self.reactor,
             config,
@@ -258,6 +267,12 @@ class Balancer:
         pool.strategy, pool.count_ttl = new.strategy, new.count_ttl
         pool.fall, pool.rise = new.health_fall, new.health_rise
         pool.breaker_threshold, pool.breaker_cooldown = new.breaker_threshold, new.breaker_cooldown
+        if pool.outliers is not None:
+            pool.outliers.configure(
+                new.outlier_consecutive_failures,
+                new.outlier_base_ejection,
+                new.outlier_max_ejection_percent,
+            )
         wanted = {b.id: b for b in new.backends}
         for backend_id, config in list(wanted.items()):
             elsewhere = self._other_pool_with(backend_id, lane)
@@ -342,6 +357,12 @@ class Balancer:
     def drain(self) -> None:
         """Take no new sessions (readiness goes false); existing ones continue."""
         self.draining = True
+
+    def stop_timers(self) -> None:
+        """Cancel what is scheduled for later (ejected backends' returns): stopping."""
+        for lane in self.lanes.values():
+            if lane.pool.outliers is not None:
+                lane.pool.outliers.stop()
 
     # --- events from sessions -------------------------------------------------------
 
@@ -434,6 +455,22 @@ class Balancer:
         self.log.warn(
             "backend {backend} {kind} is now {state}", backend=backend.id, kind=kind, state=state
         )
+
+    def _outlier_changed(self, backend_id: str, ejected: bool, state: OutlierState) -> None:
+        if ejected:
+            seconds = (state.ejected_until or 0.0) - self.clock.seconds()
+            self.metrics.ejections.labels(backend_id).inc()
+            self.event(f"backend {backend_id} ejected for {seconds:g}s")
+            self.log.warn(
+                "backend {backend} ejected for {seconds:g}s after {failures} failed "
+                "handshakes in a row",
+                backend=backend_id,
+                seconds=seconds,
+                failures=state.failures,
+            )
+        else:
+            self.event(f"backend {backend_id} back from ejection")
+            self.log.info("backend {backend} is back from ejection", backend=backend_id)
 
     # --- figures --------------------------------------------------------------------
 

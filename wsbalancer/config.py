@@ -111,9 +111,14 @@ class Config:
     health_rise: int = 2
     breaker_threshold: int = 5
     breaker_cooldown: float = 10.0
+    outlier_consecutive_failures: int = 3  # outlier.py; 0 turns ejection off
+    outlier_base_ejection: float = 30.0
+    outlier_max_ejection_percent: float = 50.0
     backend_connect_timeout: float = 5.0
     backend_handshake_timeout: float = 10.0
     client_handshake_timeout: float = 10.0
+    # How long one client's handshake may spend dialling backends, all tries together.
+    backend_total_timeout: float = 30.0
     idle_timeout: float = 0.0
     close_timeout: float = 5.0
     client_keepalive: Keepalive = Keepalive(30.0, 10.0)
@@ -432,6 +437,18 @@ def parse_load_factor(value: Any) -> float:
     return factor
 
 
+def parse_percent(value: Any) -> float:
+    """A share from 0 to 100 (a trailing % is allowed)."""
+    text = str(value).strip().removesuffix("%")
+    try:
+        percent = float(text)
+    except ValueError:
+        raise ValueError(f"expected a percentage from 0 to 100, got {value!r}")
+    if not 0 <= percent <= 100:
+        raise ValueError(f"expected a percentage from 0 to 100, got {value!r}")
+    return percent
+
+
 def parse_cookie_name(value: Any) -> str:
     """A cookie name (an RFC 6265 token)."""
     text = str(value).strip()
@@ -493,8 +510,12 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "health.rise": (parse_positive_int, "health_rise"),
     "breaker.threshold": (parse_positive_int, "breaker_threshold"),
     "breaker.cooldown": (parse_positive_duration, "breaker_cooldown"),
+    "outlier.consecutive_failures": (parse_int, "outlier_consecutive_failures"),
+    "outlier.base_ejection": (parse_duration, "outlier_base_ejection"),
+    "outlier.max_ejection_percent": (parse_percent, "outlier_max_ejection_percent"),
     "timeouts.backend_connect": (parse_positive_duration, "backend_connect_timeout"),
     "timeouts.backend_handshake": (parse_positive_duration, "backend_handshake_timeout"),
+    "timeouts.backend_total": (parse_positive_duration, "backend_total_timeout"),
     "timeouts.client_handshake": (parse_positive_duration, "client_handshake_timeout"),
     "timeouts.idle": (parse_duration, "idle_timeout"),
     "timeouts.close": (parse_positive_duration, "close_timeout"),
@@ -562,6 +583,7 @@ POOL_KEY_PREFIXES = (
     "balancing.metric_path",
     "health.",
     "breaker.",
+    "outlier.",
     "timeouts.backend_",
     "keepalive.backend.",
     "headers.",

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory
 from autobahn.websocket.compress import PerMessageDeflateOffer
-from twisted.internet import defer, ssl
+from twisted.internet import defer, error, ssl
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -17,6 +17,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
 
 from .compression import accept_deflate_response
 from .config import BackendConfig, Config
@@ -34,6 +35,10 @@ class BackendHandshakeError(Exception):
 
 class BackendConnectError(Exception):
     """The backend leg could not be opened (connect failure, timeout, lost mid-handshake)."""
+
+
+class BackendTimeoutError(BackendConnectError):
+    """The backend did not connect, or did not answer the handshake, in time."""
 
 
 def backend_resource(backend_url: str, client_uri: str) -> str:
@@ -118,6 +123,9 @@ class BackendDial:
     def failed(self, error: Exception) -> None:
         """The dial ended without an open leg."""
         if self.pending:
+            if getattr(self.protocol, "wasOpenHandshakeTimeout", False):
+                # Autobahn's backend handshake timer dropped the connection.
+                error = BackendTimeoutError("handshake timed out")
             self.deferred.errback(error)
 
     def _cancel(self, _: Any) -> None:
@@ -210,9 +218,11 @@ class BackendDialer:
         protocols: list[str],
         offer_deflate: bool | list[Any],
         session: Any,
+        limit: float | None = None,
     ) -> defer.Deferred[Any]:
         """Open the backend leg; fires with the open protocol, or fails with
-        BackendHandshakeError / BackendConnectError."""
+        BackendHandshakeError / BackendConnectError (BackendTimeoutError when it took too
+        long; defer.TimeoutError when `limit`, shorter than the dial's own time, ran out)."""
         base, endpoint = self._prepared(backend)
         # A shallow copy, as copy.copy makes it, without its generic protocol steps.
         factory = object.__new__(type(base))
@@ -233,13 +243,30 @@ class BackendDialer:
         dial.connecting = connecting
 
         def connect_failed(failure: Any) -> None:
-            if not failure.check(defer.CancelledError):
+            if failure.check(error.TimeoutError):
+                dial.failed(BackendTimeoutError("connect timed out"))
+            elif not failure.check(defer.CancelledError):
                 dial.failed(BackendConnectError(_reason(failure.value)))
 
         connecting.addErrback(connect_failed)
-        timeout = self.config.backend_connect_timeout + self.config.backend_handshake_timeout
-        dial.deferred.addTimeout(timeout, self.clock)
+        timeout = self.dial_timeout
+        if limit is not None and limit < timeout:
+            dial.deferred.addTimeout(limit, self.clock)  # the caller's budget, not the backend's
+        else:
+            dial.deferred.addTimeout(timeout, self.clock, self._timed_out)
         return dial.deferred
+
+    @property
+    def dial_timeout(self) -> float:
+        """The longest one dial may take: connect, then the handshake."""
+        return self.config.backend_connect_timeout + self.config.backend_handshake_timeout
+
+    @staticmethod
+    def _timed_out(result: Any, timeout: float) -> Any:
+        # addTimeout's onTimeoutCancel: the backend's own time ran out.
+        if isinstance(result, Failure) and result.check(defer.CancelledError):
+            raise BackendTimeoutError("timed out")
+        return result
 
 
 def _reason(error: BaseException) -> str:

@@ -74,6 +74,13 @@ class BalancerMetrics:
             registry=r,
         )
 
+        self.ejections = Counter(
+            "wsbalancer_backend_ejections",
+            "Backends ejected for failing handshakes in a row (outlier detection)",
+            ["backend"],
+            registry=r,
+        )
+
     def attach(self, balancer: Balancer) -> None:
         """Add the scrape-time gauges read from `balancer`."""
         self.registry.register(_StateCollector(balancer))
@@ -113,6 +120,11 @@ class _StateCollector(Collector):
         picks = CounterMetricFamily(
             "wsbalancer_picks", "Backends chosen for new sessions", labels=["backend"]
         )
+        ejected = GaugeMetricFamily(
+            "wsbalancer_backend_ejected",
+            "1 while the backend is ejected for failing handshakes in a row",
+            labels=["backend"],
+        )
         pools = GaugeMetricFamily(
             "wsbalancer_backend_pool",
             "1 for the pool each backend belongs to",
@@ -130,6 +142,8 @@ class _StateCollector(Collector):
             stale.add_metric(label, 1 if backend.stale else 0)
             breaker.add_metric(label, BREAKER_VALUES[backend.breaker])
             picks.add_metric(label, backend.picks)
+            outliers = pool.outliers
+            ejected.add_metric(label, 1 if outliers and outliers.is_ejected(backend.id) else 0)
         messages = CounterMetricFamily(
             "wsbalancer_messages", "Messages relayed", labels=["direction"]
         )
@@ -141,4 +155,5 @@ class _StateCollector(Collector):
         messages.add_metric(["backend_to_client"], totals[1])
         octets.add_metric(["client_to_backend"], totals[2])
         octets.add_metric(["backend_to_client"], totals[3])
-        yield from (active, reported, estimate, up, stale, breaker, picks, messages, octets, pools)
+        yield from (active, reported, estimate, up, stale, breaker, ejected, picks)
+        yield from (messages, octets, pools)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import BackendConfig
+from .outlier import OutlierDetector
 
 UP, DOWN = "up", "down"
 # How long before a count request a session's end may still be missing from the count.
@@ -115,6 +116,7 @@ class BackendPool:
         self.backends: dict[str, BackendState] = {}
         self._rr_weights: dict[str, float] = {}
         self.on_state_change: Callable[[BackendState, str, str], None] | None = None
+        self.outliers: OutlierDetector | None = None  # ejects backends that keep failing
         for config in backends:
             self.add(config)
 
@@ -133,6 +135,8 @@ class BackendPool:
     def remove(self, backend_id: str) -> BackendState:
         """Forget a backend; its open sessions keep their own reference."""
         self._rr_weights.pop(backend_id, None)
+        if self.outliers is not None:
+            self.outliers.forget(backend_id)
         return self.backends.pop(backend_id)
 
     # --- the pick ---------------------------------------------------------------------
@@ -146,6 +150,8 @@ class BackendPool:
     def usable(self, backend: BackendState) -> bool:
         """Whether a new session may go to this backend now (no side effects)."""
         if not backend.enabled or backend.draining or backend.health != UP:
+            return False
+        if self.outliers is not None and self.outliers.is_ejected(backend.id):
             return False
         breaker = self.breaker_state(backend)
         if breaker == OPEN:

@@ -59,11 +59,15 @@ CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN = 1013
 CLOSE_BAD_GATEWAY = 1014
 
+GATEWAY_TIMEOUT = 504
+NO_ANSWER_IN_TIME = "no backend answered in time"
+
 _session_ids = itertools.count(1)
 
 
 class NoBackendError(Exception):
-    """No backend took the session; `status` is what the client is told (4xx or 503)."""
+    """No backend took the session; `status` is what the client is told (a backend's 4xx,
+    503 when none is left to try, 504 when the dial budget ran out)."""
 
     def __init__(self, status: int, reason: str, errors: list[str], reached: bool = False) -> None:
         super().__init__(reason)
@@ -186,10 +190,24 @@ class RelaySession:
             )
         # From the dial on, the session counts as a dial (then a session), not as a pin.
         affinity.release(placement.nonce)
+        # The client's handshake timer (Autobahn's, from its TCP connect) bounded reading its
+        # request; from here the dials are bounded by timeouts.backend_total instead, so a
+        # backend slow to answer does not cut the client off before the next one is tried.
+        timer = client.openHandshakeTimeoutCall
+        if timer is not None:
+            timer.cancel()
+            client.openHandshakeTimeoutCall = None
+        deadline = balancer.clock.seconds() + config.backend_total_timeout
         try:
-            leg = await self._connect(exclude=(), prefer=placement.backend)
+            leg = await self._connect(exclude=(), prefer=placement.backend, deadline=deadline)
         except NoBackendError as e:
-            balancer.handshake_outcome("backend_refused" if e.status < 500 else "no_backend")
+            balancer.handshake_outcome(
+                "backend_refused"
+                if e.status < 500
+                else "backend_timeout"
+                if e.status == GATEWAY_TIMEOUT
+                else "no_backend"
+            )
             if e.status >= 500:
                 balancer.no_backend(self, e.errors)
             raise ConnectionDeny(e.status, e.reason)
@@ -217,10 +235,12 @@ class RelaySession:
         attempt: int = 0,
         prefer: BackendState | None = None,
         last_resort: bool = False,
+        deadline: float | None = None,
     ) -> BackendProtocol:
         """Dial usable backends in pick order until one opens; attach it to the session.
         `prefer` (the session's pinned backend) is tried first; with `last_resort`, the
-        backends only marked down are tried once no usable one is left."""
+        backends only marked down are tried once no usable one is left. Past `deadline`
+        (clock seconds), no further dial starts and the client is told 504."""
         balancer = self.balancer
         lane = self.lane
         pool = lane.pool
@@ -234,11 +254,18 @@ class RelaySession:
         tried = list(exclude)
         errors: list[str] = []
         reached = False
-        while (
-            backend := _pinned(prefer, tried)
-            or pool.pick(exclude=tried)
-            or (pool.last_resort(tried) if last_resort else None)
-        ) is not None:
+        outliers = pool.outliers
+        while True:
+            limit = None if deadline is None else deadline - balancer.clock.seconds()
+            if limit is not None and limit <= 0:
+                raise NoBackendError(GATEWAY_TIMEOUT, NO_ANSWER_IN_TIME, errors, reached)
+            backend = (
+                _pinned(prefer, tried)
+                or pool.pick(exclude=tried)
+                or (pool.last_resort(tried) if last_resort else None)
+            )
+            if backend is None:
+                break
             prefer = None
             tried.append(backend.id)
             pool.dial_started(backend)
@@ -251,6 +278,7 @@ class RelaySession:
                 protocols,
                 args["offer_deflate"],
                 self,
+                limit=limit,
             )
             try:
                 leg = await self.dial
@@ -258,6 +286,11 @@ class RelaySession:
                 server_error = e.status is None or e.status >= 500
                 pool.dial_failed(backend, counts_against_breaker=server_error)
                 balancer.dial_failed(backend, f"handshake {e}")
+                if outliers is not None:
+                    if server_error:
+                        outliers.failure(backend.id)
+                    else:
+                        outliers.success(backend.id)  # an answer its application meant
                 if not server_error and not attempt:
                     assert e.status is not None
                     raise NoBackendError(e.status, e.reason or HTTPStatus(e.status).phrase, [])
@@ -267,15 +300,24 @@ class RelaySession:
             except defer.CancelledError:
                 pool.dial_failed(backend, counts_against_breaker=False)
                 raise
-            except (BackendConnectError, defer.TimeoutError) as e:
+            except defer.TimeoutError:
+                # The client's dial budget ran out during this dial, before the backend's
+                # own timeouts: not the backend's failure.
+                pool.dial_failed(backend, counts_against_breaker=False)
+                errors.append(f"{backend.id}: no answer before the dial budget ran out")
+                raise NoBackendError(GATEWAY_TIMEOUT, NO_ANSWER_IN_TIME, errors, reached)
+            except BackendConnectError as e:
                 pool.dial_failed(backend, counts_against_breaker=True)
-                reason = str(e) if isinstance(e, BackendConnectError) else "timed out"
-                balancer.dial_failed(backend, reason)
-                errors.append(f"{backend.id}: {reason}")
+                balancer.dial_failed(backend, str(e))
+                if outliers is not None:
+                    outliers.failure(backend.id)
+                errors.append(f"{backend.id}: {e}")
                 continue
             finally:
                 self.dial = None
             pool.dial_succeeded(backend)
+            if outliers is not None:
+                outliers.success(backend.id)
             if attempt:
                 shed_handshake(leg)  # a re-dial: its 101's headers go nowhere
             misfit = self._misfit(leg) if attempt else None

@@ -302,6 +302,7 @@ class BalancerService(MultiService):
         for call in calls:
             if call.active():
                 call.cancel()
+        balancer.stop_timers()
         if workers is not None:
             await workers
         await super().stopService()
