@@ -5,6 +5,9 @@ while another session keeps being served."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import socket
+import weakref
 from typing import Any
 
 import pytest_twisted
@@ -12,6 +15,7 @@ import websockets
 
 from .helpers import (
     aio,
+    frame,
     recv,
     start_backend,
     start_balancer,
@@ -19,6 +23,10 @@ from .helpers import (
     wait_for,
 )
 
+HANDSHAKE = (
+    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
 GET = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
 SLOW_HEAD = b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * 200 + b"\r\n\r\n"
 
@@ -261,3 +269,62 @@ async def test_an_impossible_chunk_size_gets_400_at_once_and_an_oversized_one_41
         await bystander.close()
     finally:
         await _stop(lb, h1, ws)
+
+
+PING = frame(0x9, b"p" * 125)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ping_flood_from_a_client_that_never_reads_is_bounded_and_closed() -> None:
+    backend = start_backend("b1")
+    lb = await start_balancer([backend.url], timeouts__close="0.5s")
+    try:
+        bystander = Bystander(await aio(websockets.connect(lb.ws_url())))
+        await bystander.echoes("before")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing anyway
+        sock.connect(("127.0.0.1", lb.port))
+        sock.setblocking(False)
+        reader, writer = await aio(asyncio.open_connection(sock=sock))
+        writer.write(HANDSHAKE)
+        assert (await aio(reader.readuntil(b"\r\n\r\n"))).startswith(b"HTTP/1.1 101")
+        session = await wait_for(
+            lambda: next(
+                (
+                    s
+                    for s in lb.balancer.sessions.values()
+                    if s.client is not None
+                    and s.client.transport.getPeer().port == sock.getsockname()[1]
+                ),
+                None,
+            )
+        )
+        leg = weakref.ref(session.client)
+        transport = session.client.transport
+        most = 0
+        # 300,000 pings would be 38 MB of pongs; the balancer must stop well before.
+        for _ in range(300):
+            writer.write(PING * 1000)
+            try:
+                await aio(writer.drain())
+            except ConnectionError:
+                break
+            most = max(most, _queued(transport))
+            if not transport.connected:
+                break
+        print("MOST", most)
+        assert most < 256 * 1024, f"{most} bytes queued for a client that does not read"
+        await aio(_read_until_closed(reader, 5.0))
+        writer.close()
+        await wait_for(lambda: not transport.connected, what="the flooding client dropped")
+        await bystander.echoes("after")
+        await bystander.close()
+        session = transport = None  # what the leg's memory is still held by, here
+        await wait_for(lambda: gc.collect() is not None and leg() is None, what="leg freed")
+    finally:
+        await lb.stop()
+        await backend.stop()
+
+
+def _queued(transport: Any) -> int:
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
