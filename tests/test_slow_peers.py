@@ -230,7 +230,7 @@ async def test_http_connections_over_the_cap_get_503_and_a_freed_slot_is_reused(
         assert _sample(lb, "wsbalancer_http_refused_total", reason="connections") == 1
         await bystander.echoes("WebSocket sessions do not count")  # nor are they refused
         held.pop()[1].close()
-        await wait_for(lambda: lb.balancer.metrics is not None and _open_http(lb) == 1)
+        await wait_for(lambda: _open_http(lb) == 1, what="the closed connection uncounted")
         reader, writer = await aio(asyncio.open_connection("127.0.0.1", lb.port))
         writer.write(GET)
         assert (await aio(reader.readuntil(b"h1 GET /a "))).startswith(b"HTTP/1.1 200")
