@@ -128,6 +128,12 @@ class Config:
     max_header_bytes: int = 16 * 1024
     max_connections: int = 0
     max_connections_per_ip: int = 0
+    # Plain-HTTP clients (httpproxy.py): the whole process's, like the other client limits.
+    http_head_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_body_min_rate: int = 500  # bytes/s that each extend the body's deadline by a second
+    http_keepalive_timeout: float = 60.0
+    max_http_connections: int = 4096
     forward_headers: tuple[str, ...] = ("*",)
     block_headers: tuple[str, ...] = ()
     pass_back_headers: tuple[str, ...] = ("set-cookie",)
@@ -528,6 +534,11 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "limits.max_header_bytes": (parse_size, "max_header_bytes"),
     "limits.max_connections": (parse_int, "max_connections"),
     "limits.max_connections_per_ip": (parse_int, "max_connections_per_ip"),
+    "limits.max_http_connections": (parse_int, "max_http_connections"),
+    "limits.http_body_min_rate": (parse_size, "http_body_min_rate"),
+    "timeouts.http_head": (parse_positive_duration, "http_head_timeout"),
+    "timeouts.http_body": (parse_positive_duration, "http_body_timeout"),
+    "timeouts.http_keepalive": (parse_positive_duration, "http_keepalive_timeout"),
     "workers": (parse_workers, "workers"),
     "headers.forward": (parse_header_list, "forward_headers"),
     "headers.block": (parse_header_list, "block_headers"),

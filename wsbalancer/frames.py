@@ -35,7 +35,10 @@ from autobahn.exception import PayloadCorruptError, PayloadExceededError
 from autobahn.websocket.compress_deflate import PerMessageDeflate
 from autobahn.websocket.protocol import WebSocketProtocol
 
-from .lean import SMALL_FRAME, _native_masker, write_now
+from .lean import SMALL_FRAME, _native_masker, queued_bytes, write_now
+from .logs import logger
+
+_log = logger("wsbalancer.relay")
 
 OPEN = WebSocketProtocol.STATE_OPEN
 GROUND = WebSocketProtocol.SEND_STATE_GROUND
@@ -43,6 +46,11 @@ FAST_FRAME_MAX = 0xFFFF  # 7- and 16-bit lengths; longer frames stream through A
 # A frame still arriving is kept whole (one bytes object per read) only while it is small;
 # a larger one streams through Autobahn's parser instead of being copied read after read.
 HOLD_MAX = 16 * 1024
+POLICY_VIOLATION = WebSocketProtocol.CLOSE_STATUS_CODE_POLICY_VIOLATION  # 1008
+# Pongs a leg may have written since its peer last took everything sent to it: past this,
+# the peer sends pings faster than it reads the answers (a flood, each pong a buffer of
+# this process's memory), and the leg is closed with 1008.
+CONTROL_BACKLOG_MAX = 64 * 1024
 
 
 def xor_mask(data: bytes, key: bytes) -> bytes:
@@ -355,6 +363,36 @@ class FastFrames:
     # sendMessage round (legs whose messages nothing inspects or changes); such legs
     # have `partner` and `relayed`.
     forwards_as_is = False
+    # Bytes of pongs written since the transport was last seen with nothing unsent.
+    control_backlog = 0
+
+    def onPing(self, payload: bytes) -> None:
+        leg: Any = self
+        if leg.state != OPEN:
+            return
+        if not queued_bytes(leg.transport):
+            if self.control_backlog:
+                self.control_backlog = 0  # the peer took every earlier pong
+        else:
+            self.control_backlog += len(payload) + 6
+            if self.control_backlog > CONTROL_BACKLOG_MAX:
+                self.refuse_ping_flood()
+                return
+        leg.sendPong(payload)
+
+    def refuse_ping_flood(self) -> None:
+        """Close a leg whose peer keeps pinging without reading the pongs (1008): no more
+        pongs are queued for it, and it is dropped at the close timeout unless it reads."""
+        leg: Any = self
+        _log.warn(
+            "{side} {peer} pings without reading the pongs ({queued} bytes unsent); "
+            "closing with 1008",
+            side="client" if leg.factory.isServer else "backend",
+            peer=leg.peer,
+            queued=queued_bytes(leg.transport),
+        )
+        leg.sendCloseFrame(code=POLICY_VIOLATION, reasonUtf8=b"pongs not read", isReply=False)
+        leg.transport.pauseProducing()  # and the rest of its flood waits in its own socket
 
     def sendMessage(
         self,

@@ -14,7 +14,7 @@ from typing import Any
 
 import autobahn.twisted.websocket as autobahn_twisted_websocket
 import autobahn.websocket.protocol as autobahn_protocol
-from twisted.internet import epollreactor, tcp
+from twisted.internet import abstract, epollreactor, tcp
 from twisted.python import log as legacy_log
 
 from . import reactor_loop  # noqa: F401  (installs the leaner epoll main loop)
@@ -158,6 +158,16 @@ def write_now(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def queued_bytes(transport: Any) -> int:
+    """How much of what was written to `transport` this process still holds unsent (the
+    peer, or the network, has not taken it yet); 0 for a transport it cannot tell of."""
+    for _ in range(4):  # a socket's transport, or TLS over one (or two)
+        if isinstance(transport, abstract.FileDescriptor):
+            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        transport = getattr(transport, "transport", None)
+    return 0
 
 
 # What Autobahn keeps of a finished handshake on the protocol: the raw request and response

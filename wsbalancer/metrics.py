@@ -80,6 +80,19 @@ class BalancerMetrics:
             ["backend"],
             registry=r,
         )
+        self.http_timeouts = Counter(
+            "wsbalancer_http_timeouts",
+            "Plain-HTTP client connections timed out: head or body too slow (408), idle "
+            "keep-alive (closed)",
+            ["kind"],
+            registry=r,
+        )
+        self.http_refused = Counter(
+            "wsbalancer_http_refused",
+            "Plain-HTTP client requests or connections refused before reaching a backend",
+            ["reason"],
+            registry=r,
+        )
 
     def attach(self, balancer: Balancer) -> None:
         """Add the scrape-time gauges read from `balancer`."""
