@@ -2,7 +2,9 @@
 the real fuzzer), exactly as `wsbalancer-conformance` runs them: all 517 cases (1.* to 13.*)
 on the client leg with a compressing and with a plain backend, through the splice fast
 path, and on the backend leg (the
-fuzzing server as the backend), plus the TLS subset through an `ssl:` frontend. Every case
+fuzzing server as the backend), plus the TLS subset through an `ssl:` frontend, and cases 1.*
+to 10.* through a default balancer whose only backend is a plain Autobahn echo server with no
+count endpoint, named by `BE_URLS` alone. Every case
 must be OK, NON-STRICT or INFORMATIONAL, none missing; the allow-list must stay empty.
 """
 
@@ -48,3 +50,10 @@ def test_client_leg_through_the_splice_fast_path() -> None:
     # shows the splice kept every frame whole and in order, and let the backend judge it.
     assert main(["--out", str(OUT), "--legs", "client-splice"]) == 0
     _check("client-splice", GROUPS, 517)
+
+
+@pytest.mark.timeout(3600)
+def test_client_leg_through_a_plain_backend_without_a_count_endpoint() -> None:
+    # Before a backend without /metric was taken for a dead one, every case here got a 503.
+    assert main(["--out", str(OUT), "--legs", "client-no-count"]) == 0
+    _check("client-no-count", ["1", "2", "3", "4", "5", "6", "7", "9", "10"], 301)

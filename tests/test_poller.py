@@ -12,11 +12,19 @@ from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from wsbalancer.config import BackendConfig
-from wsbalancer.poller import MAX_METRIC_BODY, CountPoller, MetricError, parse_metric
+from wsbalancer.poller import (
+    MAX_COUNT,
+    MAX_METRIC_BODY,
+    CountPoller,
+    MetricError,
+    NoCountEndpointError,
+    parse_metric,
+)
 from wsbalancer.pool import DOWN, UP, BackendPool
 
 TIMEOUT = 2.0
@@ -173,18 +181,27 @@ def test_recovery_clears_stale() -> None:
 
 BAD_ANSWERS = {
     "http-500": ((500, body(0)), "HTTP 500"),
-    "http-404": ((404, b"not found"), "HTTP 404"),
-    "http-204": ((204, b""), "HTTP 204"),
-    "not-json": ((200, b"<html>metrics</html>"), "not JSON"),
-    "not-utf8": ((200, b"\xff\xfe\x00"), "not JSON"),
+    "http-503": ((503, b"overloaded"), "HTTP 503"),
+    "http-429": ((429, b"slow down"), "HTTP 429"),
+    "http-408": ((408, b""), "HTTP 408"),
     "json-array": ((200, b"[1, 2]"), "not an object"),
     "no-count": ((200, json.dumps({"podName": "x"}).encode()), "agentsConnections"),
     "null-count": ((200, body(None)), "agentsConnections"),
-    "negative": ((200, body(-1)), "negative"),
+    "negative": ((200, body(-1)), "negative (-1)"),
+    "negative-401-digits": ((200, b'{"agentsConnections": -1' + b"0" * 400 + b"}"), "negative"),
+    "over-2^53": ((200, body(MAX_COUNT + 1)), "out of range"),
+    "401-digits": ((200, b'{"agentsConnections": 1' + b"0" * 400 + b"}"), "out of range"),
+    "5000-digits": ((200, b'{"agentsConnections": 1' + b"0" * 5000 + b"}"), "too long"),
+    "nan": ((200, b'{"agentsConnections": NaN}'), "agentsConnections"),
+    "infinity": ((200, b'{"agentsConnections": Infinity}'), "agentsConnections"),
+    "minus-infinity": ((200, b'{"agentsConnections": -Infinity}'), "agentsConnections"),
+    "1e400": ((200, b'{"agentsConnections": 1e400}'), "agentsConnections"),
     "boolean-true": ((200, body(True)), "agentsConnections"),
     "float": ((200, body(3.0)), "agentsConnections"),
     "string": ((200, body("5")), "agentsConnections"),
+    "nested-too-deep": ((200, b'{"a": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"), "nested"),
     "huge-body": ((200, b" " * (MAX_METRIC_BODY + 1) + body(1)), "too large"),
+    "huge-json-body": ((200, b"{" + b" " * (MAX_METRIC_BODY + 1) + b"}"), "too large"),
 }
 
 
@@ -217,6 +234,99 @@ def test_bad_first_answer_never_reads_as_an_empty_backend(case: str) -> None:
     assert a.reported is None and a.stale is True
     assert a.health == DOWN  # never confirmed, so one failure takes it out
     assert s.pool.pick() is s.backend("b")
+
+
+# --- an answer without a count endpoint: alive, stale, balanced on our own count --------------
+
+NO_COUNT_ANSWERS = {
+    "http-404": (404, b"not found"),
+    "http-405": (405, b"method not allowed"),
+    "http-410": (410, b"gone"),
+    "http-426-ws-and-autobahn": (426, b"Upgrade Required"),
+    "http-400-gorilla": (400, b"websocket: the client is not using the websocket protocol"),
+    "http-403": (403, b"forbidden"),
+    "http-204": (204, b""),
+    "empty-200": (200, b""),
+    "html-200": (200, b"<html>This is an Autobahn WebSocket server</html>"),
+    "not-utf8": (200, b"\xff\xfe\x00"),
+    "huge-html-page": (200, b"<!doctype html>" + b"x" * (MAX_METRIC_BODY * 2)),
+    "huge-404-page": (404, b"x" * (MAX_METRIC_BODY * 2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NO_COUNT_ANSWERS))
+def test_a_first_answer_without_a_count_endpoint_is_alive_on_our_own_count(case: str) -> None:
+    s = Setup("ab")
+    s.resource.answers["a"] = NO_COUNT_ANSWERS[case]
+    s.resource.answers["b"] = (200, body(25))
+    assert s.poll() == [None]
+    a = s.backend("a")
+    assert (a.health, a.health_confirmed, a.stale, a.reported) == (UP, True, True, None)
+    assert a.last_poll_error is not None and a.last_poll_error.startswith("no count endpoint")
+    assert ("a", 0.0, None) in s.results  # not an error: nothing for poll_errors to count
+    s.open_sessions("a", 3)
+    assert s.estimate("a") == 3  # only what this instance knows
+    assert s.pool.pick() is a  # 3 of ours against b's reported 25
+
+
+def test_no_count_endpoint_after_counts_keeps_the_last_count_until_the_ttl() -> None:
+    s = Setup(fall=1)
+    s.open_sessions("a", 2)
+    s.resource.answers["a"] = (200, body(12))
+    s.poll()
+    s.resource.answers["a"] = (404, b"not found")  # redeployed without /metric
+    for _ in range(3):
+        s.clock.advance(2)
+        s.poll()
+    a = s.backend()
+    assert (a.health, a.stale, a.poll_failures, a.reported) == (UP, True, 0, 12)
+    assert s.estimate() == 12
+    s.clock.advance(s.pool.count_ttl)
+    assert s.estimate() == 2  # the report faded: our own sessions only
+
+
+def test_no_count_endpoint_is_warned_about_once_not_on_every_poll() -> None:
+    s = Setup()
+    events: list[dict[str, Any]] = []
+    s.poller.log = Logger(namespace="test", observer=events.append)
+    s.resource.answers["a"] = (404, b"not found")
+    for _ in range(5):
+        s.clock.advance(2)
+        s.poll()
+    warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert len(warnings) == 1
+    text = formatEvent(warnings[0])
+    assert "no count endpoint (HTTP 404)" in text and "own sessions" in text
+    s.resource.answers["a"] = (200, body(1))
+    s.poll()
+    assert s.backend().stale is False
+
+
+def test_a_down_backend_rises_on_answers_without_a_count_endpoint() -> None:
+    s = Setup(fall=1)
+    s.resource.answers["a"] = (200, body(1))
+    s.poll()
+    s.poller.http = RaisingClient(s.stub, raise_for="-", refuse_for="a")
+    s.poll()
+    assert s.backend().health == DOWN  # its port refused: that is what shows it is dead
+    s.poller.http = s.stub
+    s.resource.answers["a"] = (426, b"Upgrade Required")
+    s.poll()
+    assert s.backend().health == DOWN  # one answer is not `rise`
+    s.poll()
+    assert s.backend().health == UP
+
+
+def test_a_backend_without_a_count_endpoint_goes_down_when_its_port_refuses() -> None:
+    s = Setup(fall=2)
+    s.resource.answers["a"] = (404, b"not found")
+    s.poll()
+    s.poller.http = RaisingClient(s.stub, raise_for="-", refuse_for="a")
+    s.poll()
+    assert s.backend().health == UP
+    s.poll()
+    assert s.backend().health == DOWN
+    assert s.backend().last_poll_error.startswith("ConnectionRefusedError")
 
 
 def test_chunked_body_over_the_limit_is_refused() -> None:
@@ -447,4 +557,38 @@ def test_parse_metric_pod_fields_are_optional_and_bounded() -> None:
 )
 def test_parse_metric_rejects(content: bytes) -> None:
     with pytest.raises(MetricError):
+        parse_metric(content)
+
+
+def test_parse_metric_counts_are_bounded_at_2_to_the_53() -> None:
+    assert parse_metric(body(MAX_COUNT)).agents_connections == MAX_COUNT
+    for count in (MAX_COUNT + 1, 10**400, -(10**400), -1):
+        with pytest.raises(MetricError) as raised:
+            parse_metric(body(count))
+        assert not isinstance(raised.value, NoCountEndpointError)
+        assert len(str(raised.value)) < 100
+
+
+def test_parse_metric_keeps_only_bounded_names_from_the_pod_fields() -> None:
+    pod = parse_metric(
+        body(
+            1,
+            podName=["x"] * 5000,
+            podIP={"v4": "10.0.0.1"},
+            nodeName=float("nan"),
+            podMetrics={"http://x": [{"agentsConnections": 10**400, "podName": "y" * 10**4}]},
+        )
+    )
+    fields = (pod.agents_connections, pod.pod_name, pod.pod_ip, pod.node_name)
+    assert fields == (1, None, None, None)
+    pod = parse_metric(b'{"agentsConnections": 2, "podName": "a\\ud800b", "nodeName": true}')
+    assert pod.pod_name is not None and pod.pod_name.encode("utf-8") == b"a?b"
+    assert pod.node_name is None
+    pod = parse_metric(body(2, podIP=10**300))
+    assert pod.pod_ip == "1" + "0" * 255
+
+
+@pytest.mark.parametrize("content", [b"", b"<html></html>", b"\xff\xfe\x00", b"{", b"not found"])
+def test_parse_metric_says_a_body_that_is_not_json_is_no_count_endpoint(content: bytes) -> None:
+    with pytest.raises(NoCountEndpointError):
         parse_metric(content)

@@ -181,6 +181,39 @@ def test_successful_poll_clears_stale() -> None:
     assert a.pod is not None and a.pod.pod_name == "pod-a"
 
 
+def test_no_count_answer_is_alive_and_stale_and_balanced_on_our_own_sessions() -> None:
+    pool, time = make_pool("ab", count_ttl=30.0)
+    report(pool, "b", 4)
+    a = pool.backends["a"]
+    pool.poll_no_count(a, "no count endpoint (HTTP 404)")
+    assert (a.health, a.health_confirmed, a.stale) == (UP, True, True)
+    assert (a.last_poll_error, a.poll_failures, a.reported) == (
+        "no count endpoint (HTTP 404)",
+        0,
+        None,
+    )
+    picked = Counter(open_session(pool).id for _ in range(6))
+    assert picked == {"a": 5, "b": 1}  # a's own 5 against b's 4 + 1
+    time.now += 31  # b's report fades too: both on our own sessions
+    assert (estimate(pool, "a"), estimate(pool, "b")) == (5, 1)
+
+
+def test_no_count_answers_reset_the_fall_count_and_count_towards_rise() -> None:
+    pool, _ = make_pool("a", fall=2, rise=2)
+    a = pool.backends["a"]
+    report(pool, "a", 1)
+    pool.poll_failed(a, "HTTP 503")
+    pool.poll_no_count(a, "no count endpoint (HTTP 404)")
+    pool.poll_failed(a, "HTTP 503")
+    assert a.health == UP  # the answer in between showed it alive
+    pool.poll_failed(a, "HTTP 503")
+    assert a.health == DOWN
+    pool.poll_no_count(a, "no count endpoint (HTTP 404)")
+    assert a.health == DOWN
+    pool.poll_no_count(a, "no count endpoint (HTTP 404)")
+    assert a.health == UP and pool.pick() is a
+
+
 # --- weights, ties and strategies -----------------------------------------------------------
 
 

@@ -11,6 +11,9 @@ Legs (each in its own report folder, every process separate as in production):
 - `client-splice`: the `client` leg with the pool in splice mode (`relay.mode: splice`):
   frames pass byte-for-byte and the echo backend (Autobahn's own) is what is judged, so this
   leg shows the splice neither corrupts, reorders nor truncates anything;
+- `client-no-count`: cases 1.* to 10.* through a balancer in its default configuration whose
+  only backend, named by the seed Go balancer's `BE_URLS` alone, is an ordinary Autobahn echo
+  server with no count endpoint (a plain GET of `/metric` gets its status page);
 - `backend`: the fuzzing *server* is the backend, and a testee client that echoes drives each
   case through the balancer, so every verdict judges the balancer's backend leg.
 
@@ -37,6 +40,7 @@ from typing import Any
 
 from .processes import (
     bin_path,
+    clean_environment,
     free_port,
     processes,
     spawn_balancer,
@@ -65,7 +69,17 @@ ALL_CASES = [f"{g}.*" for g in SUITE_GROUPS]
 # Over TLS: framing, pings, fragmentation, closes, large messages, and compression at sizes
 # that stay well inside kosoku's 30 s per case.
 TLS_CASES = ["1.*", "2.*", "5.*", "7.*", "9.1.*", *(f"12.1.{n}" for n in range(1, 10))]
-LEGS = ("client", "client-plain-backend", "client-tls", "client-splice", "backend")
+# Without a count endpoint: framing, pings, reserved bits, opcodes, UTF-8, fragmentation,
+# closes, limits, large messages and auto-fragmentation (compression is in the other legs).
+NO_COUNT_GROUPS = ("1", "2", "3", "4", "5", "6", "7", "9", "10")
+LEGS = (
+    "client",
+    "client-plain-backend",
+    "client-tls",
+    "client-splice",
+    "client-no-count",
+    "backend",
+)
 
 # The cases that echo 1,000 compressed messages of 128 KiB (12.*.10, 12.*.14-18; the 14-17
 # ones in frames of 256 B to 4 KiB) take 10-20 s each even alone, against the 30 s kosoku
@@ -85,25 +99,39 @@ def start_echo_backend(children: list[subprocess.Popen[Any]], compression: bool,
     return port
 
 
+def start_plain_echo_backend(children: list[subprocess.Popen[Any]], log: Any) -> int:
+    """An ordinary Autobahn echo server with no count endpoint, in its own process."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "wsbalancer.demo.plain_echo", "--port", str(port)]
+    child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    children.append(child)
+    wait_port(port, process=child)
+    return port
+
+
 def start_balancer(
     children: list[subprocess.Popen[Any]],
     backend_port: int,
     log: Any,
     settings: list[str] = (),  # type: ignore[assignment]
     tls: tuple[str, str] | None = None,
+    by_environment: bool = False,
 ) -> int:
-    """The balancer under twistd, in its own process, in front of the backend."""
+    """The balancer under twistd, in its own process, in front of the backend (named by a
+    `--backend` flag, or by `BE_URLS` alone)."""
     port, admin = free_port(), free_port()
     listen = None
     if tls is not None:
         listen = f"ssl:{port}:interface=127.0.0.1:privateKey={tls[1]}:certKey={tls[0]}"
+    url = f"ws://127.0.0.1:{backend_port}"
     spawn_balancer(
         children,
         port,
         admin,
-        [f"ws://127.0.0.1:{backend_port}"],
+        [] if by_environment else [url],
         ["log.level=warn", *settings],
         listen=listen,
+        env=clean_environment(BE_URLS=url) if by_environment else None,
         output=log,
     )
     return port
@@ -352,15 +380,23 @@ def run_client_leg(
     backend_compression: bool = True,
     tls: bool = False,
     extra_settings: tuple[str, ...] = (),
+    no_count: bool = False,
 ) -> dict[str, Any]:
-    """Fuzzing client -> balancer -> echo backend; returns the summary."""
+    """Fuzzing client -> balancer -> echo backend; returns the summary. `no_count`: the
+    backend is a plain echo server without a count endpoint, given by `BE_URLS`, and the
+    balancer runs on its defaults."""
     outdir.mkdir(parents=True, exist_ok=True)
-    settings = ["compression.backend=mirror"] if backend_compression else []
+    settings = ["compression.backend=mirror"] if backend_compression and not no_count else []
     settings += extra_settings
     with open(outdir / "processes.log", "w") as log, processes() as children:
         certificate = make_certificate(outdir) if tls else None
-        backend = start_echo_backend(children, backend_compression, log)
-        port = start_balancer(children, backend, log, settings, certificate)
+        if no_count:
+            backend = start_plain_echo_backend(children, log)
+        else:
+            backend = start_echo_backend(children, backend_compression, log)
+        port = start_balancer(
+            children, backend, log, settings, certificate, by_environment=no_count
+        )
         with ExitStack() as stack:
             if certificate is not None:  # kosoku speaks ws:// only: a TLS pipe in between
                 port = stack.enter_context(tls_forwarder(port, certificate[0]))
@@ -531,6 +567,11 @@ def run_legs(
                 runner_cmd,
                 extra_settings=("relay.mode=splice",),
             )
+        elif leg == "client-no-count":
+            subset = [c for c in cases if c.split(".")[0] in NO_COUNT_GROUPS]
+            if not subset:
+                subset = [f"{g}.*" for g in NO_COUNT_GROUPS]
+            summary = run_client_leg(out / leg, subset, parallel, runner, runner_cmd, no_count=True)
         elif leg == "backend":
             summary = run_backend_leg(out / leg, cases, parallel)
         else:

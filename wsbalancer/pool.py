@@ -326,6 +326,20 @@ class BackendPool:
         ):
             self._set_health(backend, DOWN)
 
+    def poll_no_count(self, backend: BackendState, reason: str) -> None:
+        """The backend answered, but has no count endpoint (a plain WebSocket server): it is
+        alive, as for a success, and stale: its last report (if any) fades after the count
+        TTL and this instance's own sessions are what is known of it."""
+        now = self.seconds()
+        backend.stale = True
+        backend.last_poll_at = now
+        backend.last_poll_error = reason
+        backend.poll_failures = 0
+        backend.poll_successes += 1
+        if backend.health == DOWN and backend.poll_successes >= self.rise:
+            self._set_health(backend, UP)
+        backend.health_confirmed = backend.health == UP
+
     def reset_breaker(self, backend: BackendState) -> None:
         """Close a backend's breaker by hand (an operator knows it is back)."""
         backend.connect_failures = 0
