@@ -1,15 +1,20 @@
-"""systemd: the units verify, socket activation relays through the inherited socket, and the
-balancer tells systemd when it is ready."""
+"""systemd: the shipped units verify as shipped against a venv at /opt/wsbalancer, socket
+activation relays through the inherited socket, and the balancer tells systemd when it is
+ready."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from websockets.sync.client import connect
 
 from wsbalancer.processes import free_port, processes, spawn_demo_backend, wait_port
@@ -19,18 +24,94 @@ BIN = Path(sys.executable).parent
 UNITS = ROOT / "packaging" / "systemd"
 
 
-def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
+# The path the shipped unit and the install recipe name; the test makes a virtual environment
+# there (CI runs as root), unless a real installation is there already, which it then checks.
+VENV = Path("/opt/wsbalancer")
+MADE_BY_TEST = ".made-by-wsbalancer-tests"
+
+
+def _make_venv_at_the_documented_path() -> None:
+    """The recipe's venv, cheaply: wsbalancer itself installed into it (--no-deps, from this
+    checkout), its dependencies taken from this test run's environment through a .pth line
+    instead of downloaded again, and the twistd console script pip would write for Twisted."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(VENV)], check=True)
+    (VENV / MADE_BY_TEST).write_text("")
+    purelib = sysconfig.get_paths()["purelib"]
+    (site_packages,) = VENV.glob("lib/python3*/site-packages")
+    # A plain path line: the dependencies become importable, but .pth files in there (this
+    # checkout's editable install) are not run, so wsbalancer comes from the venv itself.
+    (site_packages / "test-dependencies.pth").write_text(purelib + "\n")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(VENV / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    twistd = VENV / "bin" / "twistd"
+    twistd.write_text(
+        f"#!{VENV}/bin/python\n"
+        "import sys\n"
+        "from twisted.scripts.twistd import run\n"
+        "if __name__ == '__main__':\n"
+        "    sys.exit(run())\n"
+    )
+    twistd.chmod(0o755)
+
+
+@pytest.fixture
+def venv_at_opt() -> Iterator[Path]:
+    if VENV.exists() and not (VENV / MADE_BY_TEST).exists():
+        yield VENV  # a real installation: check the units against it, leave it alone
+        return
+    shutil.rmtree(VENV, ignore_errors=True)  # one an interrupted run left behind
+    _make_venv_at_the_documented_path()
+    try:
+        yield VENV
+    finally:
+        shutil.rmtree(VENV, ignore_errors=True)
+
+
+def test_the_shipped_units_verify_unmodified_against_a_venv_at_opt(venv_at_opt: Path) -> None:
     assert shutil.which("systemd-analyze"), "systemd-analyze is needed (.ci/run installs systemd)"
-    for unit in ("wsbalancer.service", "wsbalancer.socket"):
-        text = (UNITS / unit).read_text()
-        # The shipped unit names /usr/bin/twistd; verify it with this installation's twistd.
-        (tmp_path / unit).write_text(text.replace("/usr/bin/twistd", str(BIN / "twistd")))
+    service = (UNITS / "wsbalancer.service").read_text()
+    (exec_start,) = [line for line in service.splitlines() if line.startswith("ExecStart=")]
+    command = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert command[0] == str(venv_at_opt / "bin" / "twistd")
+    # The venv's twistd finds the plugin, and wsbalancer is the venv's own (run from /, as
+    # systemd runs it, so this checkout is not on the path).
+    found = subprocess.run(
+        [command[0], "wsbalancer", "--help"], capture_output=True, text=True, cwd="/", timeout=60
+    )
+    assert found.returncode == 0, found.stderr
+    assert "--config" in found.stdout
+    python = str(venv_at_opt / "bin" / "python")
+    where = subprocess.run(
+        [python, "-c", "import wsbalancer; print(wsbalancer.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+        timeout=60,
+    )
+    assert where.stdout.startswith(str(venv_at_opt)), where.stdout
     result = subprocess.run(
         [
             "systemd-analyze",
             "verify",
-            str(tmp_path / "wsbalancer.socket"),
-            str(tmp_path / "wsbalancer.service"),
+            str(UNITS / "wsbalancer.socket"),
+            str(UNITS / "wsbalancer.service"),
         ],
         capture_output=True,
         text=True,
