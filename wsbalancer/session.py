@@ -451,6 +451,12 @@ class RelaySession:
                 # backends can leave none marked usable while one is in fact up again.
                 await self._connect(exclude, attempt=self.reconnects + 1, last_resort=attempt > 1)
             except NoBackendError as e:
+                balancer.log.debug(
+                    "session {session} re-dial round {round} found no backend: {errors}",
+                    session=self.id,
+                    round=attempt,
+                    errors="; ".join(e.errors) or "none usable",
+                )
                 errors += e.errors
                 reached = reached or e.reached
                 exclude = []  # the next round may find the dead backend back

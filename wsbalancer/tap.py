@@ -104,9 +104,13 @@ class Options(usage.Options):
             sys.stderr.write(f"wsbalancer: {e}\n")
             raise SystemExit(2)
         twistd = getattr(self, "parent", None)
-        if self.loaded.log_format == "json" and twistd is not None and not twistd.get("logger"):
-            # twistd builds its log observer after parsing options: name ours for it.
-            twistd["logger"] = "wsbalancer.logs.json_observer"
+        if twistd is not None and not twistd.get("logger") and not twistd.get("syslog"):
+            # twistd builds its log observer after parsing options: name ours for it (the
+            # format, the level per namespace), writing where twistd would have.
+            default = None if twistd.get("nodaemon") else "twistd.log"
+            logfile = twistd.get("logfile") or default
+            logs.configure_output(self.loaded.log_format, logfile, self.loaded.log_level)
+            twistd["logger"] = "wsbalancer.logs.twistd_observer"
 
 
 class _QuietHTTPFactory(_HTTP11ClientFactory):
@@ -230,8 +234,11 @@ class BalancerService(MultiService):
         old = self.balancer.config
         changes = certificates + self.balancer.apply_config(new)
         if new.log_level != old.log_level:
-            logs.set_level(new.log_level)
             changes.append(f"log level now {new.log_level}")
+        if new.log_library_level != old.log_library_level:
+            changes.append(f"library log level now {new.log_library_level}")
+        if (new.log_level, new.log_library_level) != (old.log_level, old.log_library_level):
+            logs.set_level(new.log_level, new.log_library_level)
         if self.discovery is not None:
             changes += self.discovery.apply(new)
         changes += self._retime(new)
@@ -371,7 +378,7 @@ def build_service(
 
     With `workers` above 1, `worker_spec` says where worker processes load the
     configuration from (`{"config": path, "overrides": [...], "backends": [...]}`)."""
-    logs.set_level(config.log_level)
+    logs.set_level(config.log_level, config.log_library_level)
     seed = (worker_spec or {}).get("secret_seed")
     balancer = Balancer(config, reactor, secret_seed=bytes.fromhex(seed) if seed else None)
     top = BalancerService(balancer)
