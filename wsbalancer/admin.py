@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 from datetime import UTC, datetime
@@ -67,6 +69,7 @@ def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
         backends.append(
             {
                 "id": b.id,
+                "pool": lane.name,
                 "url": b.config.url,
                 "metricUrl": b.config.metric_url,
                 "weight": b.config.weight,
@@ -175,7 +178,10 @@ class IndexResource(Resource):
 
 
 class DashboardResource(Resource):
-    """The live HTML dashboard: no external assets; it reads the JSON distribution."""
+    """The live HTML dashboard: no external assets; it reads the JSON distribution. Its
+    script is a file of its own (`dashboard.js`, also served below this path, so the
+    relative reference works with and without a trailing slash); the policy allows no
+    inline script, and no inline style but the page's own style block (by its hash)."""
 
     isLeaf = True
 
@@ -184,15 +190,43 @@ class DashboardResource(Resource):
         page = resources.files("wsbalancer").joinpath("dashboard.html").read_text("utf-8")
         attribute = html.escape(source_path, quote=True)
         self.page = page.replace("<body>", f'<body data-source="{attribute}">', 1).encode()
+        style = page[page.index("<style>") + len("<style>") : page.index("</style>")]
+        digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+        self.policy = (
+            "default-src 'self'; script-src 'self'; "
+            f"style-src 'sha256-{digest}'; img-src 'none'; object-src 'none'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        ).encode()
+        self.script = DashboardScript()
 
     def render_GET(self, request: Request) -> bytes:
+        if request.postpath == [b"dashboard.js"]:
+            return self.script.render_GET(request)
+        if request.postpath not in ([], [b""]):
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"not found\n"
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(
-            b"content-security-policy",
-            b"default-src 'self'; script-src 'unsafe-inline'; "
-            b"style-src 'unsafe-inline'; img-src 'none'",
-        )
+        request.setHeader(b"content-security-policy", self.policy)
+        request.setHeader(b"x-content-type-options", b"nosniff")
         return self.page
+
+
+class DashboardScript(Resource):
+    """`dashboard.js`, the dashboard's script."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        script = resources.files("wsbalancer").joinpath("dashboard.js").read_text("utf-8")
+        self.body = script.encode()
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/javascript; charset=utf-8")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"cache-control", b"no-cache")
+        return self.body
 
 
 class PrometheusResource(Resource):
@@ -283,7 +317,9 @@ def admin_site(balancer: Balancer, frontends: Any = None, workers: Any = None) -
         _put(root, metric_path, MergedMetricsResource(balancer, workers, metric_path))
     root.putChild(b"metrics", PrometheusResource(balancer.metrics.registry, workers))
     root.putChild(b"api", AdminApi(balancer, frontends, workers))
-    root.putChild(b"dashboard", DashboardResource(metric_path))
+    dashboard = DashboardResource(metric_path)
+    root.putChild(b"dashboard", dashboard)
+    root.putChild(b"dashboard.js", dashboard.script)
     root.putChild(b"healthz", JSONResource(lambda: (200, {"status": "ok"})))
 
     def readiness() -> tuple[int, dict[str, Any]]:

@@ -408,6 +408,7 @@ ADMIN_RESERVED = {
     "healthz": "health",
     "readyz": "readiness",
     "dashboard": "the dashboard",
+    "dashboard.js": "the dashboard's script",
 }
 
 

@@ -202,14 +202,15 @@ class BalancerService(MultiService):
         for name in config.ignored:
             log.info("{name} has no effect in wsbalancer and is ignored", name=name)
         self._binding(super().startService)
-        self.balancer.event(f"started with {len(config.backends)} backends")
-        sd_notify(f"READY=1\nSTATUS=relaying to {len(config.backends)} backends")
+        backends = configured_backends(config)
+        self.balancer.event(f"started with {len(backends)} backends: {', '.join(backends)}")
+        sd_notify(f"READY=1\nSTATUS=relaying to {len(backends)} backends")
         if self.reload_source is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._on_sighup)
         log.info(
             "wsbalancer relaying {listen} to {backends} ({strategy}); admin on {admin}",
             listen=", ".join(config.listen) or "the master's listening sockets",
-            backends=", ".join(f"{b.id}={b.url}" for b in config.backends),
+            backends=", ".join(f"{name}={url}" for name, url in backends.items()),
             strategy=config.strategy,
             admin=config.admin_listen,
         )
@@ -294,6 +295,7 @@ class BalancerService(MultiService):
         for listener in self.listeners:
             await maybeDeferred(listener.stopService)
         sessions = list(balancer.sessions.values())
+        balancer.event(f"shutting down: draining {len(sessions)} sessions over {period:g}s")
         if sessions:
             log.info("draining {n} sessions over {period:g}s", n=len(sessions), period=period)
         # Spread the closes so clients do not all reconnect elsewhere in one wave.
@@ -362,6 +364,16 @@ class ListenerService(StreamServerEndpointService):
 
         waiting.addCallback(fire)
         return result
+
+
+def configured_backends(config: Config) -> dict[str, str]:
+    """Every configured backend of every pool, `id` (or `pool/id` outside the default
+    pool) to URL: what the start-up line and the dashboard's first event name."""
+    return {
+        (b.id if pool.pool_name == DEFAULT_POOL else f"{pool.pool_name}/{b.id}"): b.url
+        for pool in config.all_pools()
+        for b in pool.backends
+    }
 
 
 def idle_sweeper(balancer: Balancer, period: float) -> TimerService:
