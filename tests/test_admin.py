@@ -109,6 +109,7 @@ def test_balancer_metrics_backend_state() -> None:
     a, b = doc["backends"]
     assert a == {
         "id": "a",
+        "pool": "default",  # the pool it belongs to (the dashboard's pool column)
         "url": "ws://a:1",
         "metricUrl": "http://a:1/metric",
         "weight": 1.0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 from datetime import UTC, datetime
@@ -10,13 +12,17 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.defer import ensureDeferred
+from twisted.web import http
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from .admin_api import AdminApi, finish_later
 from .balancer import Balancer
+from .logs import logger
 from .worker_metrics import merge_balancer_metrics, merge_prometheus
+
+access_log = logger("wsbalancer.admin.access")
 
 
 def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
@@ -63,6 +69,7 @@ def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
         backends.append(
             {
                 "id": b.id,
+                "pool": lane.name,
                 "url": b.config.url,
                 "metricUrl": b.config.metric_url,
                 "weight": b.config.weight,
@@ -171,7 +178,10 @@ class IndexResource(Resource):
 
 
 class DashboardResource(Resource):
-    """The live HTML dashboard: no external assets; it reads the JSON distribution."""
+    """The live HTML dashboard: no external assets; it reads the JSON distribution. Its
+    script is a file of its own (`dashboard.js`, also served below this path, so the
+    relative reference works with and without a trailing slash); the policy allows no
+    inline script, and no inline style but the page's own style block (by its hash)."""
 
     isLeaf = True
 
@@ -180,15 +190,43 @@ class DashboardResource(Resource):
         page = resources.files("wsbalancer").joinpath("dashboard.html").read_text("utf-8")
         attribute = html.escape(source_path, quote=True)
         self.page = page.replace("<body>", f'<body data-source="{attribute}">', 1).encode()
+        style = page[page.index("<style>") + len("<style>") : page.index("</style>")]
+        digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+        self.policy = (
+            "default-src 'self'; script-src 'self'; "
+            f"style-src 'sha256-{digest}'; img-src 'none'; object-src 'none'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        ).encode()
+        self.script = DashboardScript()
 
     def render_GET(self, request: Request) -> bytes:
+        if request.postpath == [b"dashboard.js"]:
+            return self.script.render_GET(request)
+        if request.postpath not in ([], [b""]):
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"not found\n"
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(
-            b"content-security-policy",
-            b"default-src 'self'; script-src 'unsafe-inline'; "
-            b"style-src 'unsafe-inline'; img-src 'none'",
-        )
+        request.setHeader(b"content-security-policy", self.policy)
+        request.setHeader(b"x-content-type-options", b"nosniff")
         return self.page
+
+
+class DashboardScript(Resource):
+    """`dashboard.js`, the dashboard's script."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        script = resources.files("wsbalancer").joinpath("dashboard.js").read_text("utf-8")
+        self.body = script.encode()
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/javascript; charset=utf-8")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"cache-control", b"no-cache")
+        return self.body
 
 
 class PrometheusResource(Resource):
@@ -235,6 +273,31 @@ def _put(root: Resource, path: str, resource: Any) -> None:
     node.putChild(leaf, resource)
 
 
+class AdminSite(Site):
+    """The admin site: one access line per request through wsbalancer's log, as
+    `log.admin_access` asks (`quiet`: not for probes and scrapes, `all`, `off`)."""
+
+    def __init__(self, root: Resource, balancer: Balancer, quiet_paths: list[str]) -> None:
+        super().__init__(root)
+        self.balancer = balancer
+        self.quiet_paths = {p.encode() for p in quiet_paths}
+
+    def log(self, request: http.Request) -> None:
+        mode = self.balancer.config.log_admin_access
+        if mode == "off" or (mode == "quiet" and request.path in self.quiet_paths):
+            return
+        peer = request.getClientAddress()
+        access_log.info(
+            '{peer} "{method} {uri}" {status} {bytes} "{agent}"',
+            peer=getattr(peer, "host", None) or "unix",
+            method=request.method.decode("latin-1"),
+            uri=request.uri.decode("latin-1"),
+            status=request.code,
+            bytes=request.sentLength,
+            agent=(request.getHeader(b"user-agent") or b"-").decode("latin-1"),
+        )
+
+
 def admin_site(balancer: Balancer, frontends: Any = None, workers: Any = None) -> Site:
     """The twisted.web site of the admin endpoint."""
     root = _Folder()
@@ -254,7 +317,9 @@ def admin_site(balancer: Balancer, frontends: Any = None, workers: Any = None) -
         _put(root, metric_path, MergedMetricsResource(balancer, workers, metric_path))
     root.putChild(b"metrics", PrometheusResource(balancer.metrics.registry, workers))
     root.putChild(b"api", AdminApi(balancer, frontends, workers))
-    root.putChild(b"dashboard", DashboardResource(metric_path))
+    dashboard = DashboardResource(metric_path)
+    root.putChild(b"dashboard", dashboard)
+    root.putChild(b"dashboard.js", dashboard.script)
     root.putChild(b"healthz", JSONResource(lambda: (200, {"status": "ok"})))
 
     def readiness() -> tuple[int, dict[str, Any]]:
@@ -269,7 +334,7 @@ def admin_site(balancer: Balancer, frontends: Any = None, workers: Any = None) -
         return (200 if ready else 503), {"ready": ready, "usableBackends": usable}
 
     root.putChild(b"readyz", JSONResource(readiness))
-    site = Site(root)
+    site = AdminSite(root, balancer, ["/healthz", "/readyz", "/metrics", metric_path])
     site.noisy = False
     site.displayTracebacks = False
     return site

@@ -124,6 +124,8 @@ class AdminApi(Resource):
                 elif len(parts) == 1 and method == "GET":
                     return self._all_sessions(request)
             status, document = self._route(method, parts, request)
+            if method != "GET" and status < 300:  # what operators changed, on the dashboard
+                self.balancer.event(f"API {method} {_uri(request)}: {status}")
             if self.workers is not None and method == "GET" and parts[:1] == ["backends"]:
                 return self._all_backend_figures(request, status, document)
         except ApiError as e:

@@ -21,10 +21,10 @@ from .config import DEFAULT_POOL, BackendConfig, Config
 from .dialer import BackendDialer
 from .extensions import SessionRecorder
 from .lean import bake_options
-from .logs import logger
+from .logs import Lazy, logger
 from .metrics import BalancerMetrics
 from .outlier import OutlierDetector, OutlierState
-from .pool import BackendPool, BackendState
+from .pool import CLOSED, UP, BackendPool, BackendState
 from .relay import (
     BackendProtocol,
     FrontendProtocol,
@@ -384,6 +384,18 @@ class Balancer:
 
     def backend_picked(self, session: RelaySession, backend: BackendState) -> None:
         """A backend was chosen for a session (first dial or failover)."""
+        self.log.debug(
+            "session {session} dials {backend} ({strategy}; loads with this dial: {loads})",
+            session=session.id,
+            backend=backend.id,
+            strategy=session.lane.pool.strategy,
+            loads=Lazy(
+                lambda: {
+                    b.id: round(session.lane.pool.load(b), 3)
+                    for b in session.lane.pool.backends.values()
+                }
+            ),
+        )
         if len(self.listeners) > 1:
             self._notify("backend_picked", session, backend.id)
 
@@ -441,6 +453,14 @@ class Balancer:
 
     def poll_result(self, backend: BackendState, seconds: float, error: str | None) -> None:
         """The poller read (or failed to read) a backend's count."""
+        self.log.debug(
+            "poll {backend}: {result} in {ms:.1f} ms",
+            backend=backend.id,
+            result=error or f"{backend.reported} connections",
+            ms=seconds * 1000,
+            error=error,
+            reported=backend.reported,
+        )
         self.metrics.poll_seconds.labels(backend.id).observe(seconds)
         if error is not None:
             self.metrics.poll_errors.labels(backend.id).inc()
@@ -452,7 +472,7 @@ class Balancer:
     def _state_changed(self, backend: BackendState, kind: str, state: str) -> None:
         self.event(f"backend {backend.id} {kind} {state}")
         self.metrics.state_changes.labels(backend.id, kind, state).inc()
-        self.log.warn(
+        (self.log.info if state in (UP, CLOSED) else self.log.warn)(
             "backend {backend} {kind} is now {state}", backend=backend.id, kind=kind, state=state
         )
 

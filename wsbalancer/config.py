@@ -20,6 +20,8 @@ STRATEGIES = ("least-loaded", "power-of-two", "round-robin")
 AFFINITY_MODES = ("off", "cookie", "header", "query", "client-address")
 DEFAULT_POOL = "default"
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+# Admin-site access lines: every request, all but probes and scrapes, or none.
+ADMIN_ACCESS = ("all", "quiet", "off")
 ENV_PREFIX = "WSBALANCER_"
 # Twisted server endpoint types: such strings pass as they are.
 ENDPOINT_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix", "systemd", "le", "lets", "onion"})
@@ -164,6 +166,8 @@ class Config:
     hooks: tuple[str, ...] = ()
     log_level: str = "info"
     log_format: str = "text"
+    log_library_level: str = "warn"
+    log_admin_access: str = "quiet"
     affinity: str = "off"
     affinity_cookie: str = "wsb_backend"
     affinity_secret: str = ""
@@ -410,6 +414,7 @@ ADMIN_RESERVED = {
     "healthz": "health",
     "readyz": "readiness",
     "dashboard": "the dashboard",
+    "dashboard.js": "the dashboard's script",
 }
 
 
@@ -567,6 +572,11 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "extensions.hooks": (parse_dotted_names, "hooks"),
     "log.level": (_enum(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}), "log_level"),
     "log.format": (_enum(("text", "json")), "log_format"),
+    "log.library_level": (
+        _enum(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}),
+        "log_library_level",
+    ),
+    "log.admin_access": (_enum(ADMIN_ACCESS, {"on": "all", "none": "off"}), "log_admin_access"),
     "affinity.mode": (
         _enum(AFFINITY_MODES, {"none": "off", "false": "off", "ip": "client-address"}),
         "affinity",

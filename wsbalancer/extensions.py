@@ -116,7 +116,7 @@ class SessionRecorder(SessionListener):
         from .session import peer_host
 
         balancer = self.balancer
-        backend_id = session.backend_state.id if session.backend_state else "-"
+        backend_id = session.backend_id or "-"
         code = session.close_code
         balancer.metrics.sessions_closed.labels(backend_id, str(code or 1005)).inc()
         self.log.info(

@@ -112,6 +112,7 @@ class RelaySession:
         "quick_failovers",
         "lane",
         "spliced",
+        "last_backend",
     )
 
     def __init__(self, balancer: Balancer, client: FrontendProtocol) -> None:
@@ -144,6 +145,7 @@ class RelaySession:
         self.quick_failovers = 0  # failovers in a row of legs that died young
         self.lane: Lane = client.lane or balancer.lanes[DEFAULT_POOL]  # the session's pool
         self.spliced = False  # frames forwarded as they are (splice.py)
+        self.last_backend: str | None = None  # kept when the backend is let go of
 
     # --- opening ------------------------------------------------------------------
 
@@ -449,6 +451,12 @@ class RelaySession:
                 # backends can leave none marked usable while one is in fact up again.
                 await self._connect(exclude, attempt=self.reconnects + 1, last_resort=attempt > 1)
             except NoBackendError as e:
+                balancer.log.debug(
+                    "session {session} re-dial round {round} found no backend: {errors}",
+                    session=self.id,
+                    round=attempt,
+                    errors="; ".join(e.errors) or "none usable",
+                )
                 errors += e.errors
                 reached = reached or e.reached
                 exclude = []  # the next round may find the dead backend back
@@ -498,6 +506,7 @@ class RelaySession:
         """Forget a dead backend leg: its backend no longer carries this session."""
         if self.backend is leg:
             if self.backend_state is not None:
+                self.last_backend = self.backend_state.id
                 self.lane.pool.session_closed(self.backend_state)
             self.backend = None
             self.backend_state = None
@@ -595,9 +604,17 @@ class RelaySession:
             return
         self.ended = True
         if self.backend_state is not None:
+            self.last_backend = self.backend_state.id
             self.lane.pool.session_closed(self.backend_state)
             self.backend_state = None
         self.balancer.session_ended(self)
+
+    @property
+    def backend_id(self) -> str | None:
+        """The backend the session is on, or the last one it was on (for its end's log
+        line and metric, recorded after the backend was let go of)."""
+        state = self.backend_state
+        return state.id if state is not None else self.last_backend
 
     def _record(self, code: int | None, reason: bytes | None, by: str) -> None:
         if not self.closed_by:

@@ -104,9 +104,13 @@ class Options(usage.Options):
             sys.stderr.write(f"wsbalancer: {e}\n")
             raise SystemExit(2)
         twistd = getattr(self, "parent", None)
-        if self.loaded.log_format == "json" and twistd is not None and not twistd.get("logger"):
-            # twistd builds its log observer after parsing options: name ours for it.
-            twistd["logger"] = "wsbalancer.logs.json_observer"
+        if twistd is not None and not twistd.get("logger") and not twistd.get("syslog"):
+            # twistd builds its log observer after parsing options: name ours for it (the
+            # format, the level per namespace), writing where twistd would have.
+            default = None if twistd.get("nodaemon") else "twistd.log"
+            logfile = twistd.get("logfile") or default
+            logs.configure_output(self.loaded.log_format, logfile, self.loaded.log_level)
+            twistd["logger"] = "wsbalancer.logs.twistd_observer"
 
 
 class _QuietHTTPFactory(_HTTP11ClientFactory):
@@ -198,14 +202,15 @@ class BalancerService(MultiService):
         for name in config.ignored:
             log.info("{name} has no effect in wsbalancer and is ignored", name=name)
         self._binding(super().startService)
-        self.balancer.event(f"started with {len(config.backends)} backends")
-        sd_notify(f"READY=1\nSTATUS=relaying to {len(config.backends)} backends")
+        backends = configured_backends(config)
+        self.balancer.event(f"started with {len(backends)} backends: {', '.join(backends)}")
+        sd_notify(f"READY=1\nSTATUS=relaying to {len(backends)} backends")
         if self.reload_source is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._on_sighup)
         log.info(
             "wsbalancer relaying {listen} to {backends} ({strategy}); admin on {admin}",
             listen=", ".join(config.listen) or "the master's listening sockets",
-            backends=", ".join(f"{b.id}={b.url}" for b in config.backends),
+            backends=", ".join(f"{name}={url}" for name, url in backends.items()),
             strategy=config.strategy,
             admin=config.admin_listen,
         )
@@ -230,8 +235,11 @@ class BalancerService(MultiService):
         old = self.balancer.config
         changes = certificates + self.balancer.apply_config(new)
         if new.log_level != old.log_level:
-            logs.set_level(new.log_level)
             changes.append(f"log level now {new.log_level}")
+        if new.log_library_level != old.log_library_level:
+            changes.append(f"library log level now {new.log_library_level}")
+        if (new.log_level, new.log_library_level) != (old.log_level, old.log_library_level):
+            logs.set_level(new.log_level, new.log_library_level)
         if self.discovery is not None:
             changes += self.discovery.apply(new)
         changes += self._retime(new)
@@ -287,6 +295,7 @@ class BalancerService(MultiService):
         for listener in self.listeners:
             await maybeDeferred(listener.stopService)
         sessions = list(balancer.sessions.values())
+        balancer.event(f"shutting down: draining {len(sessions)} sessions over {period:g}s")
         if sessions:
             log.info("draining {n} sessions over {period:g}s", n=len(sessions), period=period)
         # Spread the closes so clients do not all reconnect elsewhere in one wave.
@@ -357,6 +366,16 @@ class ListenerService(StreamServerEndpointService):
         return result
 
 
+def configured_backends(config: Config) -> dict[str, str]:
+    """Every configured backend of every pool, `id` (or `pool/id` outside the default
+    pool) to URL: what the start-up line and the dashboard's first event name."""
+    return {
+        (b.id if pool.pool_name == DEFAULT_POOL else f"{pool.pool_name}/{b.id}"): b.url
+        for pool in config.all_pools()
+        for b in pool.backends
+    }
+
+
 def idle_sweeper(balancer: Balancer, period: float) -> TimerService:
     """The timer closing sessions idle for a whole period (checked once per period)."""
     sweeper = TimerService(period, balancer.sweep_idle)
@@ -371,7 +390,7 @@ def build_service(
 
     With `workers` above 1, `worker_spec` says where worker processes load the
     configuration from (`{"config": path, "overrides": [...], "backends": [...]}`)."""
-    logs.set_level(config.log_level)
+    logs.set_level(config.log_level, config.log_library_level)
     seed = (worker_spec or {}).get("secret_seed")
     balancer = Balancer(config, reactor, secret_seed=bytes.fromhex(seed) if seed else None)
     top = BalancerService(balancer)

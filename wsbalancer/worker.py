@@ -24,13 +24,12 @@ from twisted.logger import (
     FilteringLogObserver,
     Logger,
     globalLogBeginner,
-    textFileLogObserver,
 )
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from . import session as session_module
 from .config import Config, load
-from .logs import json_observer, process_predicate
+from .logs import json_observer, process_predicate, text_observer
 from .tap import BalancerService, build_service
 from .tlsreload import server_endpoint
 from .workers import SESSION_ID_BLOCK, WORKER_ENV
@@ -123,7 +122,7 @@ def worker_config(spec: dict[str, Any]) -> Config:
 
 def _start_logging(config: Config, index: int) -> None:
     stream: Any = sys.stderr
-    base = json_observer(stream) if config.log_format == "json" else textFileLogObserver(stream)
+    base = json_observer(stream) if config.log_format == "json" else text_observer(stream)
 
     def observer(event: dict[str, Any]) -> None:
         event["log_system"] = f"worker-{index}"
