@@ -15,6 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from .admin_api import AdminApi, finish_later
+from .admin_http import AdminSite
 from .balancer import Balancer
 from .worker_metrics import merge_balancer_metrics, merge_prometheus
 
@@ -269,7 +270,7 @@ def admin_site(balancer: Balancer, frontends: Any = None, workers: Any = None) -
         return (200 if ready else 503), {"ready": ready, "usableBackends": usable}
 
     root.putChild(b"readyz", JSONResource(readiness))
-    site = Site(root)
+    site = AdminSite(root, balancer)  # heads checked before bodies are read (admin_http.py)
     site.noisy = False
     site.displayTracebacks = False
     return site
