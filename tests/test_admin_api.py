@@ -21,7 +21,7 @@ async def call(
 ) -> tuple[int, Any]:
     kwargs: dict[str, Any] = {"headers": headers or {}, "persistent": False}
     if body is not None:
-        kwargs["data"] = json.dumps(body).encode()
+        kwargs["json"] = body  # (sends Content-Type: application/json, which the API requires)
     response = await treq.request(method, lb.admin_url(path), **kwargs)
     return response.code, json.loads(await response.content())
 

@@ -124,7 +124,7 @@ routes:
             response = await treq.post(
                 lb.admin_url("/api/backends"),
                 json.dumps(body).encode(),
-                headers={"Authorization": "Bearer t0ken"},
+                headers={"Authorization": "Bearer t0ken", "Content-Type": "application/json"},
                 persistent=False,
             )
             assert response.code == code

@@ -12,17 +12,14 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.defer import ensureDeferred
-from twisted.web import http
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from .admin_api import AdminApi, finish_later
+from .admin_http import AdminSite
 from .balancer import Balancer
-from .logs import logger
 from .worker_metrics import merge_balancer_metrics, merge_prometheus
-
-access_log = logger("wsbalancer.admin.access")
 
 
 def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
@@ -271,31 +268,6 @@ def _put(root: Resource, path: str, resource: Any) -> None:
             node.putChild(segment, child)
         node = child
     node.putChild(leaf, resource)
-
-
-class AdminSite(Site):
-    """The admin site: one access line per request through wsbalancer's log, as
-    `log.admin_access` asks (`quiet`: not for probes and scrapes, `all`, `off`)."""
-
-    def __init__(self, root: Resource, balancer: Balancer, quiet_paths: list[str]) -> None:
-        super().__init__(root)
-        self.balancer = balancer
-        self.quiet_paths = {p.encode() for p in quiet_paths}
-
-    def log(self, request: http.Request) -> None:
-        mode = self.balancer.config.log_admin_access
-        if mode == "off" or (mode == "quiet" and request.path in self.quiet_paths):
-            return
-        peer = request.getClientAddress()
-        access_log.info(
-            '{peer} "{method} {uri}" {status} {bytes} "{agent}"',
-            peer=getattr(peer, "host", None) or "unix",
-            method=request.method.decode("latin-1"),
-            uri=request.uri.decode("latin-1"),
-            status=request.code,
-            bytes=request.sentLength,
-            agent=(request.getHeader(b"user-agent") or b"-").decode("latin-1"),
-        )
 
 
 def admin_site(balancer: Balancer, frontends: Any = None, workers: Any = None) -> Site:

@@ -4,7 +4,9 @@ Every mutating call needs `Authorization: Bearer <admin.token>`; reads need it t
 `admin.open_reads` is on. With no token configured, mutating calls are refused (403): the
 API cannot be left open by accident. Errors are JSON `{"error": ..., "reason": ...}` with
 400 (bad body or parameter), 401 (token missing or wrong), 403, 404 (unknown id),
-405 (method), 409 (conflict). Changes made here last until the next reload or restart.
+405 (method), 409 (conflict), 413 (body over 64 KiB), 415 (body not application/json).
+A request body is read only from a caller with the token (see admin_http.py). Changes made
+here last until the next reload or restart.
 """
 
 from __future__ import annotations
@@ -34,6 +36,23 @@ if TYPE_CHECKING:
 _log = logger("wsbalancer.admin")
 MAX_BODY = 64 * 1024
 _DIGITS = re.compile(r"[0-9]{1,15}")  # str.isdigit() also takes "²", which int() refuses
+
+
+JSON_ONLY = "request bodies must be Content-Type: application/json"
+
+
+def bearer_token_ok(authorization: bytes | None, token: str) -> bool:
+    """Whether an Authorization header value is `Bearer <token>` (compared in constant time)."""
+    scheme, _, value = (authorization or b"").decode("latin-1").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        value.strip().encode("latin-1"), token.encode()
+    )
+
+
+def is_json_type(content_type: bytes | None) -> bool:
+    """Whether a Content-Type header says application/json (parameters such as charset aside)."""
+    media = (content_type or b"").split(b";", 1)[0].strip().lower()
+    return media == b"application/json"
 
 
 class ApiError(Exception):
@@ -200,11 +219,7 @@ class AdminApi(Resource):
                     403, "forbidden", "the admin API is read-only until admin.token is set"
                 )
             return
-        offered = (request.getHeader(b"authorization") or b"").decode("latin-1")
-        scheme, _, value = offered.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            value.strip().encode(), token.encode()
-        ):
+        if not bearer_token_ok(request.getHeader(b"authorization"), token):
             raise ApiError(401, "unauthorized", "a valid bearer token is required")
 
     # --- routing ------------------------------------------------------------------------
@@ -264,13 +279,17 @@ class AdminApi(Resource):
     def _body(request: Request) -> dict[str, Any]:
         raw = request.content.read(MAX_BODY + 1) if request.content else b""
         if len(raw) > MAX_BODY:
-            raise ApiError(400, "bad_body", f"body over {MAX_BODY} bytes")
+            raise ApiError(413, "body_too_large", f"request body over {MAX_BODY} bytes")
         if not raw.strip():
             return {}
+        if not is_json_type(request.getHeader(b"content-type")):
+            raise ApiError(415, "unsupported_media_type", JSON_ONLY)
         try:
             body = json.loads(raw)
         except ValueError:
             raise ApiError(400, "bad_body", "body is not JSON")
+        except RecursionError:  # json recurses per nesting level: [[[[... is not an answer 500
+            raise ApiError(400, "bad_body", "body is nested too deeply")
         if not isinstance(body, dict):
             raise ApiError(400, "bad_body", "body must be a JSON object")
         return body

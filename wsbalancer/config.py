@@ -104,6 +104,9 @@ class Config:
     balancer_metric_path: str = "/balancer-metrics"
     admin_token: str = ""
     admin_open_reads: bool = False
+    # Host names the admin site answers besides IP literals, localhost and this machine's
+    # name ("*" for any, ".example.com" for a domain and its subdomains): DNS rebinding.
+    admin_allowed_hosts: tuple[str, ...] = ()
     metric_path: str = "/metric"
     strategy: str = "least-loaded"
     poll_interval: float = 2.0
@@ -314,6 +317,21 @@ def parse_list(value: Any) -> tuple[str, ...]:
     return tuple(str(item).strip() for item in items if str(item).strip())
 
 
+_HOST_LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
+HOST_NAME = re.compile(rf"{_HOST_LABEL}(\.{_HOST_LABEL})*")
+
+
+def parse_host_patterns(value: Any) -> tuple[str, ...]:
+    """Host names (lower-cased, no port), `.domain` for a domain and its subdomains, or `*`."""
+    patterns = []
+    for item in parse_list(value):
+        name = item.lower().rstrip(".")
+        if name != "*" and not HOST_NAME.fullmatch(name.removeprefix(".")):
+            raise ValueError(f"expected host names, .domain or *, got {item!r}")
+        patterns.append(name)
+    return tuple(patterns)
+
+
 def parse_header_list(value: Any) -> tuple[str, ...]:
     """Header names, lower-cased."""
     return tuple(h.lower() for h in parse_list(value))
@@ -500,6 +518,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "admin.balancer_metric_path": (parse_metric_document_path, "balancer_metric_path"),
     "admin.token": (str, "admin_token"),
     "admin.open_reads": (parse_bool, "admin_open_reads"),
+    "admin.allowed_hosts": (parse_host_patterns, "admin_allowed_hosts"),
     "balancing.strategy": (
         _enum(
             STRATEGIES,
