@@ -33,7 +33,7 @@ def test_sigterm_to_the_whole_group_stops_every_process_without_a_traceback(
             port,
             admin_port,
             [f"b0=ws://127.0.0.1:{backend}"],
-            ["workers=2"],
+            ["workers=2", "log.library_level=info"],  # Twisted's own lines, below
             output=log,
         )
         wait_until(lambda: len(admin(admin_port, "/balancer-metrics")["workers"]) == 2, what="2")
