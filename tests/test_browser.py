@@ -10,9 +10,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from wsbalancer.processes import free_port, processes, wait_port
 
 from .test_demo import DEMO
+
+pytestmark = pytest.mark.slow  # processes, browsers or the Autobahn suite: not in the fast tier
 
 ROOT = Path(__file__).resolve().parent.parent
 BROWSER_DIR = ROOT / "tests" / "browser"

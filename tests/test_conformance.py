@@ -17,6 +17,8 @@ import pytest
 
 from wsbalancer.conformance import ALLOW_LIST, main
 
+pytestmark = pytest.mark.slow  # processes, browsers or the Autobahn suite: not in the fast tier
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "test-output" / "conformance"
 GROUPS = ["1", "2", "3", "4", "5", "6", "7", "9", "10", "12", "13"]

@@ -9,6 +9,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from wsbalancer.processes import (
     clean_environment,
     free_port,
@@ -18,6 +20,8 @@ from wsbalancer.processes import (
 )
 
 from .test_browser import BROWSER_DIR, _node_modules
+
+pytestmark = pytest.mark.slow  # processes, browsers or the Autobahn suite: not in the fast tier
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # processes, browsers or the Autobahn suite: not in the fast tier
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

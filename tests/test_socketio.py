@@ -21,6 +21,8 @@ import pytest
 
 from wsbalancer.processes import free_port, processes, spawn_balancer, wait_port
 
+pytestmark = pytest.mark.slow  # processes, browsers or the Autobahn suite: not in the fast tier
+
 ROOT = Path(__file__).resolve().parent.parent
 SOCKETIO_DIR = ROOT / "tests" / "socketio"
 BROWSER_DIR = ROOT / "tests" / "browser"
