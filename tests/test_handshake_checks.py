@@ -36,12 +36,16 @@ def upgrade(
 
 
 async def _answer(port: int, request: bytes) -> bytes:
-    """The balancer's whole answer to `request` (it closes after an error answer)."""
+    """The balancer's answer to `request`: all of it up to the close after an error answer,
+    the head alone for a 101."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)
         await writer.drain()
-        return await asyncio.wait_for(reader.read(), 10)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        if _status(head) == 101:
+            return head
+        return head + await asyncio.wait_for(reader.read(), 10)
     finally:
         writer.close()
 
@@ -95,6 +99,102 @@ def _header(head: bytes, name: bytes) -> list[bytes]:
         if sep and key.strip().lower() == name.lower():
             values.append(value.strip())
     return values
+
+
+# --- item 10: the version, the Host, the header bytes --------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_version_other_than_13_gets_426_naming_13() -> None:
+    backend = start_backend("b1")
+    lb = await start_balancer([backend.url])
+    try:
+        bystander = await Bystander.open(lb)
+        for version in (b"8", b"abc", b"12", b"13, 8", b"013"):
+            answer = await aio(_answer(lb.port, upgrade(version=version)))
+            head = answer.partition(b"\r\n\r\n")[0]
+            assert _status(head) == 426, (version, answer)
+            assert _header(head, b"Sec-WebSocket-Version") == [b"13"], (version, answer)
+            await bystander.echoes(f"after {version!r}")
+        assert [h["path"] for h in backend.backend.handshakes] == ["/echo"]  # the bystander
+        ws = await aio(websockets.connect(lb.ws_url("/echo")))  # 13 is served
+        await aio(ws.close())
+        await bystander.close()
+    finally:
+        await lb.stop()
+        await backend.stop()
+
+
+BAD_HOSTS = [
+    b"a b",
+    b"h\xe9.example",
+    b"example.com:abc",
+    b"example.com:",
+    b"example.com:99999",
+    b"[::1",
+    b"[zz::1]:80",
+    b"::1",
+    b"a/b",
+    b"a@b",
+    b"",
+    b"example.com:80:80",
+]
+GOOD_HOSTS = [
+    b"example.com",
+    b"Example.COM:8080",
+    b"127.0.0.1:80",
+    b"[::1]:8080",
+    b"[2001:db8::7]",
+    b"xn--bcher-kva.example",
+    b"under_score.local",
+    b"localhost.",
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_host_gets_400_and_a_valid_one_is_forwarded() -> None:
+    backend = start_backend("b1")
+    lb = await start_balancer([backend.url])
+    try:
+        bystander = await Bystander.open(lb)
+        for host in BAD_HOSTS:
+            answer = await aio(_answer(lb.port, upgrade(host=host)))
+            assert _status(answer) == 400, (host, answer)
+            assert b"Host" in answer.partition(b"\r\n\r\n")[2], (host, answer)
+            await bystander.echoes(f"after {host!r}")
+        assert len(backend.backend.handshakes) == 1  # none of them reached the backend
+        for host in GOOD_HOSTS:
+            head, writer = await aio(_head(lb.port, upgrade(host=host)))
+            assert _status(head) == 101, (host, head)
+            writer.close()
+            forwarded = backend.backend.handshakes[-1]["headers"]["x-forwarded-host"]
+            assert forwarded == host.decode("ascii"), host
+        await bystander.echoes("after")
+        await bystander.close()
+    finally:
+        await lb.stop()
+        await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_header_bytes_beyond_ascii_reach_the_backend_as_they_came() -> None:
+    backend = start_backend("b1")
+    lb = await start_balancer([backend.url])
+    try:
+        bystander = await Bystander.open(lb)
+        extra = b"X-Custom: \xe9\xff\r\nCookie: name=caf\xc3\xa9\r\n"
+        head, writer = await aio(_head(lb.port, upgrade(extra=extra)))
+        assert _status(head) == 101, head
+        writer.close()
+        # The backend (Autobahn) reads its head as latin-1: one character per byte.
+        seen = backend.backend.handshakes[-1]["headers"]
+        assert seen["x-custom"].encode("latin-1") == b"\xe9\xff"
+        assert seen["cookie"].encode("latin-1") == b"name=caf\xc3\xa9"
+        await bystander.echoes("after")
+        await bystander.close()
+    finally:
+        await lb.stop()
+        await backend.stop()
 
 
 # --- item 6: a cookie whose MAC holds a non-ASCII byte is ignored --------------------------

@@ -26,7 +26,7 @@ except ImportError:  # a private class: without it, reads keep going through the
 from .compression import forward_compressed, tune_compression
 from .dialer import BackendConnectError, BackendHandshakeError
 from .frames import FastFrames, prepare, receive
-from .headers import parse_raw_headers
+from .headers import parse_raw_headers, valid_host
 from .httpproxy import proxy_site
 from .lean import LeanReceive, LeanSend, shed_handshake
 from .logs import logger
@@ -44,6 +44,7 @@ CLOSED = WebSocketProtocol.STATE_CLOSED
 # 1014 (Bad Gateway) is registered with IANA; a backend or a balancer in front may send it.
 ALLOWED_CLOSE_CODES = [*WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED, 1014]
 NO_CLOSE_FRAME = 1006
+WEBSOCKET_VERSION = "13"  # RFC 6455; the only Sec-WebSocket-Version a client is accepted with
 
 
 class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
@@ -97,18 +98,25 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
         if limit and ((end < 0 and len(self.data) > limit) or end + 4 > limit):
             self.failHandshake("request header fields too large", 431)
             return
-        if end >= 0 and self.lane is None and not self._route(self.data[: end + 4]):
+        if end >= 0 and self.lane is None and not self._check(self.data[: end + 4]):
             return
         super().processHandshake()
 
-    def _route(self, head: bytes) -> bool:
-        """Pick the request's pool; False when the request was answered here (404) or handed
-        to the plain-HTTP proxy."""
+    def _check(self, head: bytes) -> bool:
+        """Check the request head and pick its pool; False when the request was answered
+        here (400 Host, 404, 426 version) or handed to the plain-HTTP proxy."""
         first, _, _ = head.partition(b"\r\n")
         parts = first.decode("latin-1").split()
         if len(parts) != 3:
             return True  # malformed: Autobahn's 400 says so
-        headers = {name.lower(): value for name, value in parse_raw_headers(head)}
+        pairs = parse_raw_headers(head)
+        # Checked here, not by Autobahn: the Host is routed on and sent on in
+        # X-Forwarded-Host, so one with spaces or stray bytes goes no further.
+        hosts = [value for name, value in pairs if name.lower() == "host"]
+        if not all(valid_host(host) for host in hosts):
+            self.failHandshake("malformed Host header", 400)
+            return False
+        headers = {name.lower(): value for name, value in pairs}
         lane = self.factory.balancer.route(parts[1], headers.get("host"))
         if lane is None:
             path = parts[1].split("?", 1)[0]
@@ -117,6 +125,17 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
         upgrade = "websocket" in headers.get("upgrade", "").lower()
         if not upgrade and lane.config.http:
             self._become_http()
+            return False
+        versions = [value for name, value in pairs if name.lower() == "sec-websocket-version"]
+        if upgrade and versions != [WEBSOCKET_VERSION]:
+            # RFC 6455 4.2.2 / 4.4: name the version spoken here (Autobahn would also take
+            # the hybi drafts, and answer an unparsable one without the header).
+            offered = ", ".join(versions)[:32] or "none"
+            self.failHandshake(
+                f"WebSocket version {offered} not supported; this server speaks 13",
+                426,
+                [("Sec-WebSocket-Version", WEBSOCKET_VERSION)],
+            )
             return False
         self.lane = lane
         return True
@@ -254,6 +273,28 @@ class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol
         prepare(self)
         unwrap(self)
         self.dial.opened(self)
+
+    def _actuallyStartHandshake(self, request_options: Any) -> None:
+        # Autobahn writes its request as UTF-8, which would re-encode what the client sent:
+        # the path and header values were read as latin-1 (one character per byte), so the
+        # request is written as latin-1 and the backend gets the client's bytes as they came
+        # (RFC 7230 obs-text). A shim for this one write, on the instance.
+        self.__dict__["sendData"] = self.send_request_as_read
+        try:
+            super()._actuallyStartHandshake(request_options)
+        finally:
+            self.__dict__.pop("sendData", None)
+
+    def send_request_as_read(
+        self, data: bytes, sync: bool = False, chopsize: int | None = None
+    ) -> None:
+        """Write the handshake request with each character as the byte it was read as."""
+        try:
+            data = data.decode("utf-8").encode("latin-1")
+        except UnicodeEncodeError:
+            pass  # a configured value beyond latin-1 has no such byte: it goes as UTF-8
+        self.http_request_data = data
+        type(self).sendData(self, data, sync, chopsize)
 
     def failHandshake(self, reason: str) -> None:
         status_line = getattr(self, "http_status_line", "") or ""
