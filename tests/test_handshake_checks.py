@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import pytest_twisted
 import websockets
+from twisted.internet import defer, protocol, reactor
 
 from wsbalancer.affinity import Affinity
 from wsbalancer.config import load
 
-from .helpers import aio, recv, start_backend, start_balancer, start_http_backend
+from .helpers import aio, recv, start_backend, start_balancer, start_http_backend, wait_for
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 # A second loopback address: the bystander is not counted against 127.0.0.1's limit.
@@ -62,6 +63,14 @@ async def _head(port: int, request: bytes) -> tuple[bytes, asyncio.StreamWriter]
     return head, writer
 
 
+async def _dropped(reader: asyncio.StreamReader) -> bytes:
+    """What arrives until the balancer drops the connection (closed or reset)."""
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    except ConnectionResetError:
+        return b""
+
+
 class Bystander:
     """A WebSocket session from another address, open through the balancer throughout."""
 
@@ -99,6 +108,141 @@ def _header(head: bytes, name: bytes) -> list[bytes]:
         if sep and key.strip().lower() == name.lower():
             values.append(value.strip())
     return values
+
+
+# --- item 8: a burst admits exactly up to the limit ----------------------------------------
+
+
+async def _burst(lb: Any, bystander: Bystander, n: int) -> tuple[list[int], list[Any]]:
+    """`n` concurrent raw upgrades from 127.0.0.1 while the bystander echoes; their statuses
+    and the writers of every connection (admitted ones stay open)."""
+
+    async def one() -> tuple[int, Any]:
+        head, writer = await _head(lb.port, upgrade())
+        return _status(head), writer
+
+    results, _ = await defer.gatherResults(
+        [
+            aio(asyncio.gather(*(one() for _ in range(n)))),
+            defer.ensureDeferred(bystander.keeps_echoing(20)),
+        ],
+        consumeErrors=True,
+    )
+    return [status for status, _ in results], [writer for _, writer in results]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_from_one_address_admits_exactly_the_per_address_limit() -> None:
+    backend = start_backend("b1")
+    lb = await start_balancer([backend.url], limits__max_connections_per_ip="100")
+    try:
+        bystander = await Bystander.open(lb)
+        statuses, writers = await _burst(lb, bystander, 300)
+        assert statuses.count(101) == 100, sorted(set(statuses))
+        assert statuses.count(429) == 200
+        await wait_for(lambda: len(lb.balancer.sessions) == 101, what="100 sessions + 1")
+        await bystander.echoes("after")
+        for writer in writers:
+            writer.close()
+        await wait_for(lambda: len(lb.balancer.sessions) == 1, what="the burst's sessions end")
+        # The slots are free again: one more from the same address is admitted.
+        ws = await aio(websockets.connect(lb.ws_url("/echo")))
+        await aio(ws.send("again"))
+        assert await recv(ws) == "again"
+        await aio(ws.close())
+        await bystander.close()
+    finally:
+        await lb.stop()
+        await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_admits_exactly_the_global_limit_and_answers_503_to_the_rest() -> None:
+    backend = start_backend("b1")
+    lb = await start_balancer([backend.url], limits__max_connections="100")
+    try:
+        bystander = await Bystander.open(lb)  # takes one of the 100
+        statuses, writers = await _burst(lb, bystander, 300)
+        assert statuses.count(101) == 99, sorted(set(statuses))
+        assert statuses.count(503) == 201
+        await bystander.echoes("after")
+        for writer in writers:
+            writer.close()
+        await wait_for(lambda: len(lb.balancer.sessions) == 1, what="the burst's sessions end")
+        await bystander.close()
+    finally:
+        await lb.stop()
+        await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unfinished_handshake_holds_no_slot_and_is_cut_at_the_handshake_timeout() -> None:
+    backend = start_backend("b1")
+    lb = await start_balancer(
+        [backend.url], limits__max_connections_per_ip="2", timeouts__client_handshake="1s"
+    )
+    try:
+        bystander = await Bystander.open(lb)
+        stalled = []
+        for _ in range(3):  # more than the limit, each a head that never ends
+            reader, writer = await aio(asyncio.open_connection("127.0.0.1", lb.port))
+            writer.write(upgrade()[:40])
+            stalled.append((reader, writer))
+        # Handshakes still being read take no slot: two sessions from the same address open.
+        sessions = [await aio(websockets.connect(lb.ws_url("/echo"))) for _ in range(2)]
+        for ws in sessions:
+            await aio(ws.send("admitted"))
+            assert await recv(ws) == "admitted"
+        for reader, writer in stalled:
+            assert await aio(_dropped(reader)) == b""  # dropped unanswered at the timeout
+            writer.close()
+        await bystander.echoes("after")
+        for ws in sessions:
+            await aio(ws.close())
+        await bystander.close()
+    finally:
+        await lb.stop()
+        await backend.stop()
+
+
+class _Silent(protocol.Protocol):
+    """Accepts TCP and never answers."""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handshake_in_flight_holds_its_slot_until_the_backend_timeout_frees_it() -> None:
+    silent = reactor.listenTCP(0, protocol.Factory.forProtocol(_Silent), interface="127.0.0.1")
+    good = start_backend("good")
+    lb = await start_balancer(
+        [],
+        config_file=_yaml(
+            f"backends: [{{id: silent, url: 'ws://127.0.0.1:{silent.getHost().port}'}}]\n"
+            "balancing: {metric_path: none}\n"
+            f"pools:\n  echo:\n    backends: [{{id: good, url: '{good.url}', metric: none}}]\n"
+            "routes: [{path: /echo, pool: echo}]\n"
+        ),
+        limits__max_connections_per_ip="1",
+        timeouts__backend_handshake="1s",
+    )
+    try:
+        bystander = await Bystander.open(lb)
+        reader, writer = await aio(asyncio.open_connection("127.0.0.1", lb.port))
+        writer.write(upgrade(path=b"/app"))  # dialled to the backend that never answers
+        factory = lb.balancer.factories[0]
+        await wait_for(lambda: factory.per_ip.get("127.0.0.1") == 1, what="the dial in flight")
+        answer = await aio(_answer(lb.port, upgrade(path=b"/app")))
+        assert _status(answer) == 429, answer  # the slot is the dialling one's
+        await bystander.echoes("during")
+        assert _status(await aio(_dropped(reader))) == 503  # no backend answered
+        writer.close()
+        answer = await aio(_answer(lb.port, upgrade(path=b"/app")))
+        assert _status(answer) == 503, answer  # the slot was freed: dialled, not refused
+        await bystander.echoes("after")
+        await bystander.close()
+    finally:
+        await lb.stop()
+        await good.stop()
+        await silent.stopListening()
 
 
 # --- item 10: the version, the Host, the header bytes --------------------------------------

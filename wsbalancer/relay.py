@@ -58,6 +58,7 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
     # forwarded as they came: compressed bytes kept, frames relayed by frames.py directly.
     forwards_as_is = True
     _handshake_pending = False
+    holds_slot = False  # counted under limits.max_connections(_per_ip) until the connection ends
     lane: Lane | None = None  # the pool the request was routed to
     http_channel: Any = None  # set when the connection is handed to the HTTP proxy
 
@@ -76,12 +77,10 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
         # Skip Autobahn's per-read debug formatting (its arguments are built even with debug off).
         self._dataReceived(data)
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.factory.client_connected(self)
-
     def connectionLost(self, reason: Any = None) -> None:
-        self.factory.client_disconnected(self)
+        if self.holds_slot:
+            self.holds_slot = False
+            self.factory.release(self)
         if self.http_channel is not None:
             self.http_channel.connectionLost(reason)
         super().connectionLost(reason)
@@ -89,10 +88,6 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
     def processHandshake(self) -> None:
         if self._handshake_pending:
             return  # bytes after the request wait until the backend has answered
-        per_ip = self.factory.balancer.config.max_connections_per_ip
-        if per_ip and self.factory.per_ip.get(peer_host(self), 0) > per_ip:
-            self.failHandshake("too many connections from this address", 429)
-            return
         limit = self.factory.balancer.config.max_header_bytes
         end = self.data.find(b"\r\n\r\n")
         if limit and ((end < 0 and len(self.data) > limit) or end + 4 > limit):
@@ -124,7 +119,8 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
             return False
         upgrade = "websocket" in headers.get("upgrade", "").lower()
         if not upgrade and lane.config.http:
-            self._become_http()
+            if self._admit():
+                self._become_http()
             return False
         versions = [value for name, value in pairs if name.lower() == "sec-websocket-version"]
         if upgrade and versions != [WEBSOCKET_VERSION]:
@@ -137,7 +133,18 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
                 [("Sec-WebSocket-Version", WEBSOCKET_VERSION)],
             )
             return False
+        if not self._admit():
+            return False
         self.lane = lane
+        return True
+
+    def _admit(self) -> bool:
+        """Take this client's slot under the connection limits; False when refused."""
+        refusal = self.factory.admit(self)
+        if refusal is not None:
+            self.failHandshake(refusal[1], refusal[0])
+            return False
+        self.holds_slot = True
         return True
 
     def _become_http(self) -> None:
@@ -411,7 +418,13 @@ class RelayFactory(WebSocketServerFactory):
         super().__init__()
         self.balancer = balancer
         self.noisy = False
-        self.per_ip: dict[str, int] = {}  # open client connections by address
+        # Clients admitted under the limits: sessions open plus handshakes in flight (their
+        # request read, the backend being dialled), in all and by address. Connections still
+        # sending their request are not counted: a burst is admitted up to the limit, in the
+        # order its requests arrive, and a request that never ends takes no slot (the
+        # client handshake timeout drops it).
+        self.admitted = 0
+        self.per_ip: dict[str, int] = {}
         self._http_site: Any = None
 
     def http_site(self) -> Any:
@@ -420,13 +433,23 @@ class RelayFactory(WebSocketServerFactory):
             self._http_site = proxy_site(self.balancer)
         return self._http_site
 
-    def client_connected(self, protocol: FrontendProtocol) -> None:
-        """Count a client connection against its address."""
+    def admit(self, protocol: FrontendProtocol) -> tuple[int, str] | None:
+        """Count a client whose request head is complete under `limits.max_connections` and
+        `limits.max_connections_per_ip`; (status, reason) instead when it is over one."""
+        config = self.balancer.config
         host = peer_host(protocol)
+        per_ip = config.max_connections_per_ip
+        if per_ip and self.per_ip.get(host, 0) >= per_ip:
+            return 429, "too many connections from this address"
+        if config.max_connections and self.admitted >= config.max_connections:
+            return 503, "maximum number of connections reached"
+        self.admitted += 1
         self.per_ip[host] = self.per_ip.get(host, 0) + 1
+        return None
 
-    def client_disconnected(self, protocol: FrontendProtocol) -> None:
-        """A client connection ended."""
+    def release(self, protocol: FrontendProtocol) -> None:
+        """An admitted client's connection ended: its slot is free."""
+        self.admitted -= 1
         host = peer_host(protocol)
         left = self.per_ip.get(host, 1) - 1
         if left > 0:
