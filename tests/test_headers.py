@@ -10,6 +10,7 @@ from wsbalancer.headers import (
     canonical,
     parse_raw_headers,
     pass_back_headers,
+    valid_host,
 )
 
 
@@ -224,6 +225,65 @@ def test_other_x_forwarded_headers_pass_as_ordinary_headers() -> None:
 
 
 # --- pass_back_headers ------------------------------------------------------------------------
+
+
+# --- valid_host ---------------------------------------------------------------------------
+
+GOOD_HOSTS = [
+    "example.com",
+    "Example.COM:8080",
+    "127.0.0.1:80",
+    "localhost",
+    "localhost.",
+    "under_score.local:0",
+    "xn--bcher-kva.example:65535",
+    "a%2Db.example",
+    "[::1]",
+    "[::1]:8080",
+    "[2001:db8::7]:443",
+    "[::ffff:192.0.2.1]",
+    "[v1.fe80::a+en1]",
+]
+BAD_HOSTS = [
+    "",
+    ":80",
+    "a b",
+    "h\xe9.example",
+    "bücher.example",
+    "a\tb",
+    "a/b",
+    "a@b",
+    "a?b",
+    "a#b",
+    "a%2",
+    "example.com:",
+    "example.com:abc",
+    "example.com:65536",
+    "example.com:080080",
+    "example.com:80:80",
+    "example.com:\u0663",
+    "::1",
+    "[::1",
+    "[::1]x",
+    "[::1]:",
+    "[zz::1]",
+    "[fe80::1%eth0]",
+    "[]",
+]
+
+
+def test_valid_host_is_rfc_3986_host_and_port() -> None:
+    for host in GOOD_HOSTS:
+        assert valid_host(host), host
+    for host in BAD_HOSTS:
+        assert not valid_host(host), host
+
+
+def test_a_malformed_host_is_not_forwarded_in_x_forwarded_host() -> None:
+    out = backend_request_headers([("Host", "a b")], config(), "1.2.3.4", False)
+    assert "X-Forwarded-Host" not in out
+    out = backend_request_headers([("Host", "[::1]:80")], config(), "1.2.3.4", False)
+    assert out["X-Forwarded-Host"] == "[::1]:80"
 
 
 def test_pass_back_keeps_listed_headers_and_every_set_cookie() -> None:

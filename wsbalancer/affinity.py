@@ -159,7 +159,9 @@ class Affinity:
         if len(parts) != 3:
             return None
         name, nonce, mac = parts
-        if not hmac.compare_digest(mac, self._mac(name, nonce)):
+        # Compared as bytes: compare_digest refuses str with non-ASCII characters, and a
+        # cookie read as latin-1 may hold any byte. Such a MAC never verifies.
+        if not hmac.compare_digest(mac.encode("utf-8"), self._mac(name, nonce).encode()):
             return None
         try:
             return base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode(), nonce

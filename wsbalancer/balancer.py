@@ -201,7 +201,7 @@ class Balancer:
             autoPingTimeout=keepalive.pong_timeout,
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_frame_size,
-            maxConnections=config.max_connections,
+            maxConnections=0,  # relay.py admits up to limits.max_connections (RelayFactory.admit)
             failByDrop=False,
             echoCloseCodeReason=True,
             webStatus=False,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Collection, Iterable
 
 from .config import HANDSHAKE_HEADERS, Config
 
 # The backend leg's client writes these itself on every request.
 _WRITTEN_BY_BACKEND_LEG = frozenset({"pragma", "cache-control"})
+
+# RFC 3986 3.2.2: reg-name = *( unreserved / pct-encoded / sub-delims ) (an IPv4 address is
+# one too); IPvFuture = "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" ).
+_REG_NAME = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+")
+_IP_FUTURE = re.compile(r"[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+")
 
 
 def parse_raw_headers(head: bytes) -> list[tuple[str, str]]:
@@ -25,6 +32,40 @@ def parse_raw_headers(head: bytes) -> list[tuple[str, str]]:
         if sep:
             pairs.append((name.strip(), value.strip()))
     return pairs
+
+
+def valid_host(value: str) -> bool:
+    """Whether a Host header value is RFC 3986 `host [":" port]`: a non-empty reg-name or
+    IPv4 address, or an IPv6 (or IPvFuture) literal in brackets, and a port of 0-65535.
+    Every Host a browser sends passes (IDNs arrive as punycode); spaces, bytes beyond
+    ASCII, '/', '@' and other delimiters do not."""
+    if value.startswith("["):
+        end = value.find("]")
+        literal, rest = value[1:end], value[end + 1 :]
+        if end < 0 or not (_ipv6(literal) or _IP_FUTURE.fullmatch(literal)):
+            return False
+        if not rest:
+            return True
+        if rest[0] != ":":
+            return False
+        port = rest[1:]
+    else:
+        name, colon, port = value.partition(":")
+        if not _REG_NAME.fullmatch(name):
+            return False
+        if not colon:
+            return True
+    return port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535
+
+
+def _ipv6(text: str) -> bool:
+    if "%" in text:  # a zone (RFC 6874): browsers do not send one, and Python's is looser
+        return False
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def canonical(name: str) -> str:
@@ -71,7 +112,8 @@ def backend_request_headers(
     proto = incoming.get("x-forwarded-proto") if config.trust_x_forwarded_for else None
     out["X-Forwarded-Proto"] = proto or ("https" if client_is_tls else "http")
     host = incoming.get("x-forwarded-host") if config.trust_x_forwarded_for else None
-    host = host or incoming.get("host")
+    if not host and valid_host(incoming.get("host", "")):
+        host = incoming["host"]  # (a malformed one was refused 400 at the WebSocket port)
     if host:
         out["X-Forwarded-Host"] = host
     return out

@@ -426,7 +426,8 @@ class ProxiedRequest:
             for name, values in request.requestHeaders.getAllRawHeaders()
         }
         if "cookie" in headers:
-            headers["cookie"] = "; ".join(request.requestHeaders.getRawHeaders("cookie", []))
+            cookies = request.requestHeaders.getRawHeaders(b"cookie", [])
+            headers["cookie"] = b"; ".join(cookies).decode("latin-1")  # any byte, no 500
         affinity = lane.affinity
         placement = affinity.place(lane.pool, headers, self.target, self.peer)
         if placement.forged:

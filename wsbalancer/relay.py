@@ -26,7 +26,7 @@ except ImportError:  # a private class: without it, reads keep going through the
 from .compression import forward_compressed, tune_compression
 from .dialer import BackendConnectError, BackendHandshakeError
 from .frames import FastFrames, prepare, receive
-from .headers import parse_raw_headers
+from .headers import parse_raw_headers, valid_host
 from .httpproxy import proxy_site
 from .lean import LeanReceive, LeanSend, shed_handshake
 from .logs import logger
@@ -44,6 +44,7 @@ CLOSED = WebSocketProtocol.STATE_CLOSED
 # 1014 (Bad Gateway) is registered with IANA; a backend or a balancer in front may send it.
 ALLOWED_CLOSE_CODES = [*WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED, 1014]
 NO_CLOSE_FRAME = 1006
+WEBSOCKET_VERSION = "13"  # RFC 6455; the only Sec-WebSocket-Version a client is accepted with
 
 
 class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
@@ -57,6 +58,7 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
     # forwarded as they came: compressed bytes kept, frames relayed by frames.py directly.
     forwards_as_is = True
     _handshake_pending = False
+    holds_slot = False  # counted under limits.max_connections(_per_ip) until the connection ends
     lane: Lane | None = None  # the pool the request was routed to
     http_channel: Any = None  # set when the connection is handed to the HTTP proxy
 
@@ -75,12 +77,10 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
         # Skip Autobahn's per-read debug formatting (its arguments are built even with debug off).
         self._dataReceived(data)
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.factory.client_connected(self)
-
     def connectionLost(self, reason: Any = None) -> None:
-        self.factory.client_disconnected(self)
+        if self.holds_slot:
+            self.holds_slot = False
+            self.factory.release(self)
         if self.http_channel is not None:
             self.http_channel.connectionLost(reason)
         super().connectionLost(reason)
@@ -88,27 +88,30 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
     def processHandshake(self) -> None:
         if self._handshake_pending:
             return  # bytes after the request wait until the backend has answered
-        per_ip = self.factory.balancer.config.max_connections_per_ip
-        if per_ip and self.factory.per_ip.get(peer_host(self), 0) > per_ip:
-            self.failHandshake("too many connections from this address", 429)
-            return
         limit = self.factory.balancer.config.max_header_bytes
         end = self.data.find(b"\r\n\r\n")
         if limit and ((end < 0 and len(self.data) > limit) or end + 4 > limit):
             self.failHandshake("request header fields too large", 431)
             return
-        if end >= 0 and self.lane is None and not self._route(self.data[: end + 4]):
+        if end >= 0 and self.lane is None and not self._check(self.data[: end + 4]):
             return
         super().processHandshake()
 
-    def _route(self, head: bytes) -> bool:
-        """Pick the request's pool; False when the request was answered here (404) or handed
-        to the plain-HTTP proxy."""
+    def _check(self, head: bytes) -> bool:
+        """Check the request head and pick its pool; False when the request was answered
+        here (400 Host, 404, 426 version) or handed to the plain-HTTP proxy."""
         first, _, _ = head.partition(b"\r\n")
         parts = first.decode("latin-1").split()
         if len(parts) != 3:
             return True  # malformed: Autobahn's 400 says so
-        headers = {name.lower(): value for name, value in parse_raw_headers(head)}
+        pairs = parse_raw_headers(head)
+        # Checked here, not by Autobahn: the Host is routed on and sent on in
+        # X-Forwarded-Host, so one with spaces or stray bytes goes no further.
+        hosts = [value for name, value in pairs if name.lower() == "host"]
+        if not all(valid_host(host) for host in hosts):
+            self.failHandshake("malformed Host header", 400)
+            return False
+        headers = {name.lower(): value for name, value in pairs}
         lane = self.factory.balancer.route(parts[1], headers.get("host"))
         if lane is None:
             path = parts[1].split("?", 1)[0]
@@ -116,9 +119,32 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
             return False
         upgrade = "websocket" in headers.get("upgrade", "").lower()
         if not upgrade and lane.config.http:
-            self._become_http()
+            if self._admit():
+                self._become_http()
+            return False
+        versions = [value for name, value in pairs if name.lower() == "sec-websocket-version"]
+        if upgrade and versions != [WEBSOCKET_VERSION]:
+            # RFC 6455 4.2.2 / 4.4: name the version spoken here (Autobahn would also take
+            # the hybi drafts, and answer an unparsable one without the header).
+            offered = ", ".join(versions)[:32] or "none"
+            self.failHandshake(
+                f"WebSocket version {offered} not supported; this server speaks 13",
+                426,
+                [("Sec-WebSocket-Version", WEBSOCKET_VERSION)],
+            )
+            return False
+        if not self._admit():
             return False
         self.lane = lane
+        return True
+
+    def _admit(self) -> bool:
+        """Take this client's slot under the connection limits; False when refused."""
+        refusal = self.factory.admit(self)
+        if refusal is not None:
+            self.failHandshake(refusal[1], refusal[0])
+            return False
+        self.holds_slot = True
         return True
 
     def _become_http(self) -> None:
@@ -255,6 +281,28 @@ class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol
         unwrap(self)
         self.dial.opened(self)
 
+    def _actuallyStartHandshake(self, request_options: Any) -> None:
+        # Autobahn writes its request as UTF-8, which would re-encode what the client sent:
+        # the path and header values were read as latin-1 (one character per byte), so the
+        # request is written as latin-1 and the backend gets the client's bytes as they came
+        # (RFC 7230 obs-text). A shim for this one write, on the instance.
+        self.__dict__["sendData"] = self.send_request_as_read
+        try:
+            super()._actuallyStartHandshake(request_options)
+        finally:
+            self.__dict__.pop("sendData", None)
+
+    def send_request_as_read(
+        self, data: bytes, sync: bool = False, chopsize: int | None = None
+    ) -> None:
+        """Write the handshake request with each character as the byte it was read as."""
+        try:
+            data = data.decode("utf-8").encode("latin-1")
+        except UnicodeEncodeError:
+            pass  # a configured value beyond latin-1 has no such byte: it goes as UTF-8
+        self.http_request_data = data
+        type(self).sendData(self, data, sync, chopsize)
+
     def failHandshake(self, reason: str) -> None:
         status_line = getattr(self, "http_status_line", "") or ""
         parts = status_line.split(None, 2)
@@ -370,7 +418,13 @@ class RelayFactory(WebSocketServerFactory):
         super().__init__()
         self.balancer = balancer
         self.noisy = False
-        self.per_ip: dict[str, int] = {}  # open client connections by address
+        # Clients admitted under the limits: sessions open plus handshakes in flight (their
+        # request read, the backend being dialled), in all and by address. Connections still
+        # sending their request are not counted: a burst is admitted up to the limit, in the
+        # order its requests arrive, and a request that never ends takes no slot (the
+        # client handshake timeout drops it).
+        self.admitted = 0
+        self.per_ip: dict[str, int] = {}
         self._http_site: Any = None
 
     def http_site(self) -> Any:
@@ -379,13 +433,23 @@ class RelayFactory(WebSocketServerFactory):
             self._http_site = proxy_site(self.balancer)
         return self._http_site
 
-    def client_connected(self, protocol: FrontendProtocol) -> None:
-        """Count a client connection against its address."""
+    def admit(self, protocol: FrontendProtocol) -> tuple[int, str] | None:
+        """Count a client whose request head is complete under `limits.max_connections` and
+        `limits.max_connections_per_ip`; (status, reason) instead when it is over one."""
+        config = self.balancer.config
         host = peer_host(protocol)
+        per_ip = config.max_connections_per_ip
+        if per_ip and self.per_ip.get(host, 0) >= per_ip:
+            return 429, "too many connections from this address"
+        if config.max_connections and self.admitted >= config.max_connections:
+            return 503, "maximum number of connections reached"
+        self.admitted += 1
         self.per_ip[host] = self.per_ip.get(host, 0) + 1
+        return None
 
-    def client_disconnected(self, protocol: FrontendProtocol) -> None:
-        """A client connection ended."""
+    def release(self, protocol: FrontendProtocol) -> None:
+        """An admitted client's connection ended: its slot is free."""
+        self.admitted -= 1
         host = peer_host(protocol)
         left = self.per_ip.get(host, 1) - 1
         if left > 0:
