@@ -11,7 +11,7 @@ import difflib
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -737,7 +737,7 @@ class RawConfig:
             raise unknown_key(source, key)
         self.values[key] = _Value(value, source)
 
-    def gathering(self) -> Any:
+    def gathering(self) -> AbstractContextManager[None]:
         """`gathering(self.problems)`: gather or raise the problems of one value."""
         return gathering(self.problems)
 
