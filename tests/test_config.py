@@ -377,7 +377,9 @@ def test_unknown_key_in_file(tmp_path: Path) -> None:
 
 def test_unknown_key_in_a_backend_mapping(tmp_path: Path) -> None:
     path = write(tmp_path, "backends:\n  - {url: ws://a:1, wieght: 2}\n")
-    assert load_error(path=path) == f"file {path}: backends[0]: unknown key wieght"
+    assert load_error(path=path) == (
+        f"file {path}: backends[0]: unknown key wieght (did you mean weight?)"
+    )
 
 
 def test_unknown_prefixed_variable() -> None:

@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from . import __version__
 from .config import DEFAULT_POOL, ConfigError, _BackendSpec, _build_backend
 from .logs import logger
 from .worker_metrics import add_backend_figures
@@ -242,6 +243,7 @@ class AdminApi(Resource):
             ("frontends",): {"GET": self.frontend_state},
             ("frontends", "pause"): {"POST": self.pause_frontends},
             ("frontends", "resume"): {"POST": self.resume_frontends},
+            ("version",): {"GET": self.version},
         }
         for pattern, methods in routes.items():
             if len(pattern) == len(parts) and all(
@@ -461,6 +463,9 @@ class AdminApi(Resource):
             raise ApiError(409, "conflict", "no frontends to resume")
         self.frontends.resume()
         return 200, {"paused": False}
+
+    def version(self, request: Request) -> tuple[int, Any]:
+        return 200, {"version": __version__}
 
 
 def finish_later(request: Request, answer: Deferred[Any]) -> Any:

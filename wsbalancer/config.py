@@ -7,9 +7,11 @@ what is wrong, in one line.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -700,6 +702,51 @@ class _PoolSpec:
     backends: list[_BackendSpec] = field(default_factory=list)
 
 
+# Top-level keys of the file that are not in SCHEMA (read on their own).
+FILE_SECTIONS = ("backends", "pools", "routes")
+BACKEND_KEYS = ("url", "id", "metric", "metric_url", "metric_path", "weight")
+
+
+def suggest_key(key: str, known: Iterable[str] | None = None) -> str | None:
+    """The known dotted key an unknown one was probably meant to be, or None.
+
+    Within a known section only its own keys are candidates (`balancing.pol_interval` ->
+    `balancing.poll_interval`); a misspelt section is matched as a whole (`helth.fall`)."""
+    names = list(known) if known is not None else [*SCHEMA, *FILE_SECTIONS]
+    section, _, leaf = key.rpartition(".")
+    leaves = [n[len(section) + 1 :] for n in names if section and n.startswith(section + ".")]
+    if leaves:
+        close = difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.7)
+        if not close and len(leaf) >= 3:
+            close = [n for n in leaves if n.startswith(leaf)][:1]  # `poll` -> `poll_interval`
+        return f"{section}.{close[0]}" if close else None
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.7)
+    return close[0] if close else None
+
+
+def unknown_key(source: str, key: str, known: Iterable[str] | None = None) -> ConfigError:
+    """The error for an unknown key, with the likely meant one (as the source spells it)."""
+    meant = suggest_key(key, known)
+    hint = ""
+    if meant is not None:
+        if source.startswith(f"environment {ENV_PREFIX}"):
+            meant = ENV_PREFIX + meant.upper().replace(".", "__")
+        hint = f" (did you mean {meant}?)"
+    return ConfigError(f"{source}: {key}: unknown key{hint}")
+
+
+@contextmanager
+def gathering(problems: list[str] | None) -> Iterator[None]:
+    """A `ConfigError` raised inside is appended to `problems` and the caller goes on to the
+    next value; with `problems` None (a normal load) it is raised as it is."""
+    try:
+        yield
+    except ConfigError as e:
+        if problems is None:
+            raise
+        problems.append(str(e))
+
+
 @dataclass
 class RawConfig:
     """Values as found, each with the place it came from, before validation."""
@@ -709,12 +756,19 @@ class RawConfig:
     ignored: list[str] = field(default_factory=list)
     pools: list[_PoolSpec] = field(default_factory=list)
     routes: list[tuple[Any, str]] = field(default_factory=list)
+    # A list: every problem is gathered here and reading goes on (check-config); None: the
+    # first one is raised (start-up, reload).
+    problems: list[str] | None = None
 
     def set(self, key: str, value: Any, source: str) -> None:
         """Record a value for a dotted key; later calls override earlier ones."""
         if key not in SCHEMA:
-            raise ConfigError(f"{source}: {key}: unknown key")
+            raise unknown_key(source, key)
         self.values[key] = _Value(value, source)
+
+    def gathering(self) -> AbstractContextManager[None]:
+        """`gathering(self.problems)`: gather or raise the problems of one value."""
+        return gathering(self.problems)
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -726,33 +780,40 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, A
             yield dotted, value
 
 
-def _backend_specs(items: Any, source: str, key: str) -> list[_BackendSpec]:
+def _backend_specs(
+    items: Any, source: str, key: str, problems: list[str] | None = None
+) -> list[_BackendSpec]:
     if not isinstance(items, list):
         raise ConfigError(f"{source}: {key}: expected a list of backends")
     specs = []
     for index, item in enumerate(items):
         where = f"{source}: {key}[{index}]"
-        if isinstance(item, str):
-            specs.append(_BackendSpec(url=item, source=where))
-        elif isinstance(item, Mapping):
-            unknown = set(item) - {"url", "id", "metric", "metric_url", "metric_path", "weight"}
-            if unknown:
-                raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]}")
-            if "url" not in item:
-                raise ConfigError(f"{where}: url is missing")
-            metric = item.get("metric", item.get("metric_url", item.get("metric_path")))
-            specs.append(
-                _BackendSpec(
-                    url=item["url"],
-                    source=where,
-                    id=item.get("id"),
-                    metric=metric,
-                    weight=item.get("weight", 1),
-                )
-            )
-        else:
-            raise ConfigError(f"{where}: expected a URL or a mapping with url")
+        with gathering(problems):
+            specs.append(_backend_spec(item, where))
     return specs
+
+
+def _backend_spec(item: Any, where: str) -> _BackendSpec:
+    if isinstance(item, str):
+        return _BackendSpec(url=item, source=where)
+    if not isinstance(item, Mapping):
+        raise ConfigError(f"{where}: expected a URL or a mapping with url")
+    unknown = set(item) - set(BACKEND_KEYS)
+    if unknown:
+        name = str(sorted(unknown, key=str)[0])
+        meant = suggest_key(name, BACKEND_KEYS)
+        hint = f" (did you mean {meant}?)" if meant else ""
+        raise ConfigError(f"{where}: unknown key {name}{hint}")
+    if "url" not in item:
+        raise ConfigError(f"{where}: url is missing")
+    metric = item.get("metric", item.get("metric_url", item.get("metric_path")))
+    return _BackendSpec(
+        url=item["url"],
+        source=where,
+        id=item.get("id"),
+        metric=metric,
+        weight=item.get("weight", 1),
+    )
 
 
 def read_file(raw: RawConfig, path: str) -> None:
@@ -773,56 +834,74 @@ def read_file(raw: RawConfig, path: str) -> None:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level")
     data = dict(data)
+    problems = raw.problems
     for seed_key, key in TRAEFIK_KEYS.items():
         if seed_key in data:
             raw.set(key, data.pop(seed_key), source)
     if "services" in data:  # the Traefik plugin's list of backend URLs
-        raw.backends.extend(_backend_specs(data.pop("services"), source, "services"))
+        services = data.pop("services")
+        with raw.gathering():
+            raw.backends.extend(_backend_specs(services, source, "services", problems))
     upstream = data.pop("upstream", None)  # the Go balancer's `upstream: backends:`
-    if isinstance(upstream, Mapping) and "backends" in upstream:
-        raw.backends.extend(_backend_specs(upstream["backends"], source, "upstream.backends"))
-    elif upstream is not None:
-        raise ConfigError(f"{source}: upstream: expected a mapping with backends")
+    with raw.gathering():
+        if isinstance(upstream, Mapping) and "backends" in upstream:
+            listed = _backend_specs(upstream["backends"], source, "upstream.backends", problems)
+            raw.backends.extend(listed)
+        elif upstream is not None:
+            raise ConfigError(f"{source}: upstream: expected a mapping with backends")
     if "backends" in data:
-        raw.backends.extend(_backend_specs(data.pop("backends"), source, "backends"))
+        backends = data.pop("backends")
+        with raw.gathering():
+            raw.backends.extend(_backend_specs(backends, source, "backends", problems))
     if "pools" in data:
-        raw.pools = _pool_specs(data.pop("pools"), source)
+        pools = data.pop("pools")
+        with raw.gathering():
+            raw.pools = _pool_specs(pools, source, problems)
     if "routes" in data:
         routes = data.pop("routes")
-        if not isinstance(routes, list):
-            raise ConfigError(f"{source}: routes: expected a list of routes")
-        raw.routes = [(item, f"{source}: routes[{i}]") for i, item in enumerate(routes)]
+        with raw.gathering():
+            if not isinstance(routes, list):
+                raise ConfigError(f"{source}: routes: expected a list of routes")
+            raw.routes = [(item, f"{source}: routes[{i}]") for i, item in enumerate(routes)]
     for key, value in _flatten(data):
-        raw.set(key, value, source)
+        with raw.gathering():
+            raw.set(key, value, source)
 
 
-def _pool_specs(data: Any, source: str) -> list[_PoolSpec]:
+def _pool_specs(data: Any, source: str, problems: list[str] | None = None) -> list[_PoolSpec]:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: pools: expected a mapping of pool names")
     specs = []
     for name, body in data.items():
-        where = f"{source}: pools.{name}"
-        if not _POOL_NAME.match(str(name)) or str(name) == DEFAULT_POOL:
-            raise ConfigError(
-                f"{where}: pool names use letters, digits and -_. only, and "
-                f"{DEFAULT_POOL!r} is the top-level pool"
-            )
-        if not isinstance(body, Mapping):
-            raise ConfigError(f"{where}: expected a mapping with backends")
-        body = dict(body)
-        spec = _PoolSpec(str(name), where)
-        spec.backends = _backend_specs(body.pop("backends", []), where, "backends")
-        for key, value in _flatten(body):
+        with gathering(problems):
+            specs.append(_pool_spec(str(name), body, f"{source}: pools.{name}", problems))
+    return specs
+
+
+def _pool_spec(name: str, body: Any, where: str, problems: list[str] | None) -> _PoolSpec:
+    if not _POOL_NAME.match(name) or name == DEFAULT_POOL:
+        raise ConfigError(
+            f"{where}: pool names use letters, digits and -_. only, and "
+            f"{DEFAULT_POOL!r} is the top-level pool"
+        )
+    if not isinstance(body, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with backends")
+    body = dict(body)
+    spec = _PoolSpec(name, where)
+    listed = body.pop("backends", [])
+    with gathering(problems):
+        spec.backends = _backend_specs(listed, where, "backends", problems)
+    for key, value in _flatten(body):
+        with gathering(problems):
             if key not in SCHEMA:
-                raise ConfigError(f"{where}: {key}: unknown key")
+                raise unknown_key(where, key, [*SCHEMA, "backends"])
             if not key.startswith(POOL_KEY_PREFIXES):
                 raise ConfigError(f"{where}: {key}: set for the whole balancer, not per pool")
             spec.values[key] = _Value(value, where)
-        discovery = spec.values.get("discovery")
-        if not spec.backends and (discovery is None or not discovery.value):
-            raise ConfigError(f"{where}: backends: at least one backend (or discovery) is needed")
-        specs.append(spec)
-    return specs
+    discovery = spec.values.get("discovery")
+    if not listed and (discovery is None or not discovery.value):
+        raise ConfigError(f"{where}: backends: at least one backend (or discovery) is needed")
+    return spec
 
 
 def _build_route(item: Any, where: str, pools: set[str]) -> Route:
@@ -867,7 +946,8 @@ def read_environment(raw: RawConfig, environ: Mapping[str, str]) -> None:
         if name in environ:
             raw.ignored.append(name)
     if "BE_URLS" in environ:
-        _env_backends(raw, environ["BE_URLS"], environ.get("BE_URL_IDS"), "environment BE_URLS")
+        with raw.gathering():
+            _env_backends(raw, environ["BE_URLS"], environ.get("BE_URL_IDS"), "environment BE_URLS")
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
             continue
@@ -876,7 +956,8 @@ def read_environment(raw: RawConfig, environ: Mapping[str, str]) -> None:
             _env_backends(raw, environ[name], None, f"environment {name}")
             continue
         key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-        raw.set(key, environ[name], f"environment {name}")
+        with raw.gathering():
+            raw.set(key, environ[name], f"environment {name}")
 
 
 def _normalise_backend_url(url: str) -> str:
@@ -933,7 +1014,9 @@ def build(raw: RawConfig, require_backends: bool = True) -> Config:
     pools = []
     for spec in raw.pools:
         inherited = {k: v for k, v in raw.values.items() if k != "discovery"}
-        merged = RawConfig(values={**inherited, **spec.values}, backends=spec.backends)
+        merged = RawConfig(
+            values={**inherited, **spec.values}, backends=spec.backends, problems=raw.problems
+        )
         pools.append(replace(_build_one(merged, True), pool_name=spec.name))
     # A pool fed by DNS discovery exists even with no backend listed yet.
     names = {DEFAULT_POOL} if config.backends or config.discovery else set()
@@ -941,41 +1024,48 @@ def build(raw: RawConfig, require_backends: bool = True) -> Config:
     for pool in (config, *pools):
         for source in pool.discovery:
             other = found_by.setdefault(source.label, pool.pool_name)
-            if other != pool.pool_name:
-                raise ConfigError(
-                    f"configuration: discovery {source.label} feeds pools {other!r} and "
-                    f"{pool.pool_name!r}; a source feeds one pool"
-                )
+            with raw.gathering():
+                if other != pool.pool_name:
+                    raise ConfigError(
+                        f"configuration: discovery {source.label} feeds pools {other!r} and "
+                        f"{pool.pool_name!r}; a source feeds one pool"
+                    )
     names |= {p.pool_name for p in pools}
     seen: dict[str, str] = {b.id: DEFAULT_POOL for b in config.backends}
     for pool in pools:
         for b in pool.backends:
-            if b.id in seen:
-                raise ConfigError(
-                    f"configuration: pools.{pool.pool_name}: backend id {b.id!r} is also in "
-                    f"pool {seen[b.id]!r}; ids are unique across pools"
-                )
-            seen[b.id] = pool.pool_name
-    routes = tuple(_build_route(item, where, names) for item, where in raw.routes)
+            with raw.gathering():
+                if b.id in seen:
+                    raise ConfigError(
+                        f"configuration: pools.{pool.pool_name}: backend id {b.id!r} is also "
+                        f"in pool {seen[b.id]!r}; ids are unique across pools"
+                    )
+                seen[b.id] = pool.pool_name
+    routes = []
+    for item, where in raw.routes:
+        with raw.gathering():
+            routes.append(_build_route(item, where, names))
     default = config.default_pool
     if default is not None and default not in names:
-        if "routing.default" in raw.values:
-            raise ConfigError(
-                f"{raw.values['routing.default'].source}: routing.default: no pool named "
-                f"{default!r}"
-            )
+        with raw.gathering():
+            if "routing.default" in raw.values:
+                raise ConfigError(
+                    f"{raw.values['routing.default'].source}: routing.default: no pool named "
+                    f"{default!r}"
+                )
         default = None  # only named pools: what no route takes gets 404
-    return replace(config, pools=tuple(pools), routes=routes, default_pool=default)
+    return replace(config, pools=tuple(pools), routes=tuple(routes), default_pool=default)
 
 
 def _build_one(raw: RawConfig, require_backends: bool) -> Config:
     typed: dict[str, Any] = {}
     for key, item in raw.values.items():
         parser, field_name = SCHEMA[key]
-        try:
-            typed[field_name] = parser(item.value)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"{item.source}: {key}: {e}")
+        with raw.gathering():
+            try:
+                typed[field_name] = parser(item.value)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"{item.source}: {key}: {e}")
     metric_path = typed.pop("_metric_path", "/metric")
     typed["metric_path"] = metric_path
     defaults = Config(backends=())
@@ -988,34 +1078,42 @@ def _build_one(raw: RawConfig, require_backends: bool) -> Config:
         typed.pop("_backend_ping", backend_ka.ping_interval),
         typed.pop("_backend_pong", backend_ka.pong_timeout),
     )
-    backends = tuple(_build_backend(spec, metric_path) for spec in raw.backends)
+    built: list[BackendConfig] = []
     seen: dict[str, str] = {}
-    for spec, backend in zip(raw.backends, backends, strict=True):
-        if backend.id in seen:
-            raise ConfigError(f"{spec.source}: id: {backend.id!r} is used twice")
-        seen[backend.id] = spec.source
-    if require_backends and not backends and not typed.get("discovery"):
-        raise ConfigError(
-            "configuration: backends: at least one backend is needed "
-            "(config file `backends:` or `discovery:`, BE_URLS or --backend)"
-        )
+    for spec in raw.backends:
+        with raw.gathering():
+            backend = _build_backend(spec, metric_path)
+            if backend.id in seen:
+                raise ConfigError(f"{spec.source}: id: {backend.id!r} is used twice")
+            seen[backend.id] = spec.source
+            built.append(backend)
+    backends = tuple(built)
+    with raw.gathering():
+        if require_backends and not raw.backends and not typed.get("discovery"):
+            raise ConfigError(
+                "configuration: backends: at least one backend is needed "
+                "(config file `backends:` or `discovery:`, BE_URLS or --backend)"
+            )
     config = replace(defaults, backends=backends, ignored=tuple(raw.ignored), **typed)
-    _check_client_certificate(config)
+    with raw.gathering():
+        _check_client_certificate(config)
     for leg, keepalive in (
         ("client", config.client_keepalive),
         ("backend", config.backend_keepalive),
     ):
-        if keepalive.ping_interval and not keepalive.pong_timeout:
+        with raw.gathering():
+            if keepalive.ping_interval and not keepalive.pong_timeout:
+                raise ConfigError(
+                    f"configuration: keepalive.{leg}.pong_timeout: must be above "
+                    f"zero when ping_interval is set"
+                )
+    with raw.gathering():
+        if config.affinity in ("header", "query") and not config.affinity_key.strip():
+            item = raw.values["affinity.mode"]
             raise ConfigError(
-                f"configuration: keepalive.{leg}.pong_timeout: must be above "
-                f"zero when ping_interval is set"
+                f"{item.source}: affinity.key: the {config.affinity} name to hash is needed "
+                f"with affinity.mode {config.affinity}"
             )
-    if config.affinity in ("header", "query") and not config.affinity_key.strip():
-        item = raw.values["affinity.mode"]
-        raise ConfigError(
-            f"{item.source}: affinity.key: the {config.affinity} name to hash is needed "
-            f"with affinity.mode {config.affinity}"
-        )
     return config
 
 
@@ -1045,6 +1143,29 @@ def _check_client_certificate(config: Config) -> None:
         )
 
 
+def read_sources(
+    raw: RawConfig,
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Iterable[tuple[str, Any, str]] = (),
+    backends: Iterable[str] = (),
+) -> None:
+    """Read the file (optional), then the environment, then flag overrides into `raw`."""
+    env = os.environ if environ is None else environ
+    path = path or env.get(ENV_PREFIX + "CONFIG") or None
+    if path:
+        with raw.gathering():
+            read_file(raw, path)
+    read_environment(raw, env)
+    flag_backends = list(backends)
+    if flag_backends:
+        raw.backends = []
+        _env_backends(raw, ",".join(flag_backends), None, "flag --backend")
+    for key, value, source in overrides:
+        with raw.gathering():
+            raw.set(key, value, source)
+
+
 def load(
     path: str | None = None,
     environ: Mapping[str, str] | None = None,
@@ -1056,16 +1177,67 @@ def load(
     `overrides` are (dotted key, value, source) triples; `backends` are URLs given as flags,
     `id=url` allowed, which replace any from the file or environment.
     """
-    env = os.environ if environ is None else environ
     raw = RawConfig()
-    path = path or env.get(ENV_PREFIX + "CONFIG") or None
-    if path:
-        read_file(raw, path)
-    read_environment(raw, env)
-    flag_backends = list(backends)
-    if flag_backends:
-        raw.backends = []
-        _env_backends(raw, ",".join(flag_backends), None, "flag --backend")
-    for key, value, source in overrides:
-        raw.set(key, value, source)
+    read_sources(raw, path, environ, overrides, backends)
     return build(raw)
+
+
+# Config fields that two-part keys fill (the SCHEMA field names starting with _).
+_DERIVED_FIELDS: dict[str, Callable[[Config], Any]] = {
+    "_metric_path": lambda c: c.metric_path,
+    "_client_ping": lambda c: c.client_keepalive.ping_interval,
+    "_client_pong": lambda c: c.client_keepalive.pong_timeout,
+    "_backend_ping": lambda c: c.backend_keepalive.ping_interval,
+    "_backend_pong": lambda c: c.backend_keepalive.pong_timeout,
+}
+
+
+def effective_value(config: Config, key: str) -> Any:
+    """The value `config` holds for a dotted key of the file format."""
+    field_name = SCHEMA[key][1]
+    derived = _DERIVED_FIELDS.get(field_name)
+    return derived(config) if derived is not None else getattr(config, field_name)
+
+
+@dataclass(frozen=True)
+class ConfigCheck:
+    """What `check` found: every problem, and where each value of the result came from."""
+
+    problems: tuple[str, ...]
+    config: Config  # meaningful only without problems (bad values are left at defaults)
+    raw: RawConfig
+
+    def values(self, pool: str = DEFAULT_POOL) -> list[tuple[str, Any, str]]:
+        """(key, effective value, source) of every key, the source `default` when unset."""
+        spec = next((p for p in self.raw.pools if p.name == pool), None)
+        config = next(c for c in self.config.all_pools() if c.pool_name == pool)
+        set_here = self.raw.values if spec is None else {**self.raw.values, **spec.values}
+        out = []
+        for key in SCHEMA:
+            item = set_here.get(key)
+            if spec is not None and key == "discovery" and key not in spec.values:
+                item = None  # a named pool never inherits the top-level sources
+            out.append(
+                (key, effective_value(config, key), "default" if item is None else item.source)
+            )
+        return out
+
+    def backends(self, pool: str = DEFAULT_POOL) -> list[tuple[BackendConfig, str]]:
+        """Each listed backend of a pool with where it was listed."""
+        spec = next((p for p in self.raw.pools if p.name == pool), None)
+        config = next(c for c in self.config.all_pools() if c.pool_name == pool)
+        listed = self.raw.backends if spec is None else spec.backends
+        return [(b, s.source) for b, s in zip(config.backends, listed, strict=False)]
+
+
+def check(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Iterable[tuple[str, Any, str]] = (),
+    backends: Iterable[str] = (),
+) -> ConfigCheck:
+    """Read and validate as `load` does, but gather every problem instead of the first."""
+    raw = RawConfig(problems=[])
+    read_sources(raw, path, environ, overrides, backends)
+    config = build(raw)
+    return ConfigCheck(tuple(dict.fromkeys(raw.problems or ())), config, raw)

@@ -588,6 +588,19 @@ def run_legs(
     return summaries
 
 
+def missing_packages(legs: list[str], runner: str, runner_cmd: str | None) -> list[str]:
+    """The packages of the `conformance` extra these legs need that are not installed: kosoku
+    (the fuzzing client and server) and websockets (the backend leg's echoing client)."""
+    from importlib.util import find_spec
+
+    needed = []
+    if "backend" in legs or (runner == "kosoku" and not runner_cmd):
+        needed.append("kosoku")
+    if "backend" in legs:
+        needed.append("websockets")
+    return [name for name in needed if find_spec(name) is None]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: exit 0 when every case of every leg is OK, NON-STRICT or INFORMATIONAL."""
     parser = argparse.ArgumentParser(
@@ -617,6 +630,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [leg for leg in legs if leg not in LEGS]
     if unknown:
         parser.error(f"unknown leg {unknown[0]!r}; choose from {', '.join(LEGS)}")
+    missing = missing_packages(legs, args.runner, args.runner_cmd)
+    if missing:
+        sys.stderr.write(
+            f"wsbalancer-conformance: needs {' and '.join(missing)}, not installed: "
+            "pip install 'wsbalancer[conformance]'\n"
+        )
+        return 2
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     summaries = run_legs(Path(args.out), legs, cases, args.parallel, args.runner, args.runner_cmd)
     broken = []

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import __version__
 from .pool import CLOSED, HALF_OPEN, OPEN, UP
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ class BalancerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.build_info = Info("wsbalancer_build", "The running wsbalancer", registry=r)
+        self.build_info.info({"version": __version__})
         self.sessions_opened = Counter(
             "wsbalancer_sessions_opened", "Sessions relayed to a backend", ["backend"], registry=r
         )

@@ -27,7 +27,7 @@ from twisted.web.client import (
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from . import logs
+from . import __version__, logs
 from .admin import admin_site
 from .balancer import Balancer
 from .config import DEFAULT_POOL, Config, ConfigError, load
@@ -208,11 +208,13 @@ class BalancerService(MultiService):
         if self.reload_source is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGHUP, self._on_sighup)
         log.info(
-            "wsbalancer relaying {listen} to {backends} ({strategy}); admin on {admin}",
+            "wsbalancer relaying {listen} to {backends} ({strategy}); admin on {admin}; "
+            "version {version}",
             listen=", ".join(config.listen) or "the master's listening sockets",
             backends=", ".join(f"{name}={url}" for name, url in backends.items()),
             strategy=config.strategy,
             admin=config.admin_listen,
+            version=__version__,
         )
 
     def _on_sighup(self, signum: int, frame: Any) -> None:

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             f"\nwsbalancer demo running:\n"
             f"  chat page         {page}\n"
             f"  balancer          ws://{shown}:{args.port}/  (/chat broadcasts, others echo)\n"
+            f"  dashboard         http://{shown}:{args.admin_port}/dashboard\n"
             f"  distribution      http://{shown}:{args.admin_port}/balancer-metrics\n"
             f"  prometheus        http://{shown}:{args.admin_port}/metrics\n"
             f"Ctrl-C stops it.\n",
