@@ -331,6 +331,8 @@ def test_run_serves_reloads_on_sighup_and_drains_on_sigterm(
             "--admin-listen",
             f"tcp:{admin}:interface=127.0.0.1",
             "--set",
+            "log.library_level=info",  # Twisted's own "Main loop terminated." below
+            "--set",
             "admin.token=t0ken",
             "--set",
             "workers=1",

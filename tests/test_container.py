@@ -5,7 +5,6 @@ the manifests name; and the build context its .dockerignore lets through builds 
 
 from __future__ import annotations
 
-import configparser
 import json
 import re
 import shutil
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+import wsbalancer
 from wsbalancer.config import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,9 +69,7 @@ def kubernetes_documents() -> dict[str, Any]:
 
 
 def version() -> str:
-    parser = configparser.ConfigParser()
-    parser.read(ROOT / "setup.cfg")
-    return parser["metadata"]["version"]
+    return wsbalancer.__version__  # setup.cfg reads it: version = attr: wsbalancer.__version__
 
 
 def test_the_image_runs_as_the_deployments_non_root_user_and_stops_with_sigterm() -> None:

@@ -10,6 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import wsbalancer
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -70,7 +72,7 @@ def test_the_changelog_has_an_unreleased_section_and_the_current_version() -> No
     assert "keepachangelog.com" in text
     releases = re.findall(r"^## \[([^\]]+)\](?: - (\d{4}-\d{2}-\d{2}))?$", text, re.MULTILINE)
     assert releases[0] == ("Unreleased", "")
-    assert (metadata()["version"], releases[1][1]) == releases[1] and releases[1][1]
+    assert (wsbalancer.__version__, releases[1][1]) == releases[1] and releases[1][1]
     kinds = {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}
     for heading in re.findall(r"^### (.+)$", text, re.MULTILINE):
         assert heading in kinds, heading
