@@ -12,7 +12,7 @@ import http.client
 import statistics
 import time
 
-from wsbalancer.processes import (
+from wsbalancer.devtools.processes import (
     free_port,
     processes,
     rss_kib,

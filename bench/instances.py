@@ -24,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wsbalancer.processes import (  # noqa: E402
+from wsbalancer.devtools.processes import (  # noqa: E402
     free_port,
     processes,
     spawn_balancer,

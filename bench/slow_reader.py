@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from wsbalancer.config import parse_size  # noqa: E402
-from wsbalancer.processes import (  # noqa: E402
+from wsbalancer.devtools.processes import (  # noqa: E402
     free_port,
     processes,
     rss_kib,

@@ -6,7 +6,7 @@
 Each accepted connection goes to the backend with the fewest open connections, and bytes
 are copied both ways as they arrive (the handshake, frames and closes pass through
 untouched, as HAProxy's tunnel does). It runs on the same reactor with the same trims
-wsbalancer installs (`wsbalancer.lean`: the leaner epoll loop, no logging context around
+wsbalancer installs (`wsbalancer.wire.lean`: the leaner epoll loop, no logging context around
 reads, writes sent at once when nothing is queued), so what it costs per message and per
 session is what Twisted's connection machinery costs on this machine before any parsing,
 validation, balancing or bookkeeping. `bench/run.py --floor` runs it as a reference path.
@@ -20,7 +20,7 @@ from typing import Any
 
 from twisted.internet import protocol, reactor  # Linux's default: the epoll reactor
 
-from wsbalancer.lean import write_now  # and with it the reactor trims wsbalancer runs with
+from wsbalancer.wire.lean import write_now  # and with it the reactor trims wsbalancer runs with
 
 
 class Leg(protocol.Protocol):

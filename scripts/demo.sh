@@ -8,7 +8,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import wsbalancer.demo.run" 2>/dev/null || [ ! -x .venv/bin/wsbalancer-demo ]; then
+if ! .venv/bin/python -c "import wsbalancer.devtools.demo.run" 2>/dev/null || [ ! -x .venv/bin/wsbalancer-demo ]; then
   # compat mode puts the checkout on sys.path (as scripts/setup.sh does): edits take effect
   .venv/bin/pip install -q --disable-pip-version-check -e . --config-settings editable_mode=compat
 fi

@@ -16,8 +16,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from wsbalancer.config import load
-from wsbalancer.demo.backend import DemoBackend, DemoProtocol
-from wsbalancer.tap import BalancerService, build_service
+from wsbalancer.devtools.demo.backend import DemoBackend, DemoProtocol
+from wsbalancer.service.tap import BalancerService, build_service
 
 TIMEOUT = 10.0
 

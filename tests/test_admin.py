@@ -18,10 +18,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 
-from wsbalancer.admin import admin_site
-from wsbalancer.balancer import Balancer
+from wsbalancer.admin.site import admin_site
 from wsbalancer.config import ConfigError, load
-from wsbalancer.pool import PodInfo
+from wsbalancer.relay.balancer import Balancer
+from wsbalancer.upstream.pool import PodInfo
 
 NOW = 1_700_000_000.5  # 2023-11-14T22:13:20.5Z
 

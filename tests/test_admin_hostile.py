@@ -14,7 +14,7 @@ import treq
 import websockets
 from twisted.internet import reactor
 
-from wsbalancer.admin_http import host_allowed, host_name
+from wsbalancer.admin.http import host_allowed, host_name
 from wsbalancer.config import ConfigError, load
 
 from .helpers import aio, recv, start_backend, start_balancer

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
-from wsbalancer.affinity import Affinity, cookie_value, strip_cookie
 from wsbalancer.config import BackendConfig, ConfigError, Route, load
-from wsbalancer.pool import BackendPool
-from wsbalancer.routing import Router
+from wsbalancer.upstream.affinity import Affinity, cookie_value, strip_cookie
+from wsbalancer.upstream.pool import BackendPool
+from wsbalancer.upstream.routing import Router
 
 
 def _config(tmp_path: Path, text: str) -> object:

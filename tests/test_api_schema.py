@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from wsbalancer.processes import free_port, processes, spawn_balancer, spawn_demo_backend
+from wsbalancer.devtools.processes import free_port, processes, spawn_balancer, spawn_demo_backend
 
 BIN = Path(sys.executable).parent
 

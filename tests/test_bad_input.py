@@ -7,7 +7,7 @@ import asyncio
 import pytest_twisted
 import websockets
 
-from wsbalancer.demo.backend import DemoProtocol
+from wsbalancer.devtools.demo.backend import DemoProtocol
 
 from .helpers import aio, start_backend, start_balancer, wait_for
 

@@ -107,8 +107,9 @@ async def test_a_black_hole_backend_costs_at_most_the_first_wave_one_timeout_eac
         assert len(good.backend.handshakes) == 1 + WAVES * CLIENTS  # all on the good one
         slow = [t for t in timings[0] if t >= SLOW]
         # The first wave's few: least-loaded counts dials in flight, so the black hole gets
-        # about every other one of a burst (one more if the bystander's dial went there).
-        assert 1 <= len(slow) <= CLIENTS // 2 + before, timings[0]
+        # every other one of a burst, and one more while the bystander's session weighs on
+        # whichever backend holds it.
+        assert 1 <= len(slow) <= CLIENTS // 2 + 1, timings[0]
         assert max(timings[0]) < 2 * HANDSHAKE_TIMEOUT + 1, timings[0]  # one timeout each
         assert held_after[0] == before + len(slow)
         # Ejected after the third in a row: the later waves never reach it.
@@ -188,7 +189,7 @@ async def test_a_backend_4xx_is_not_a_gateway_failure() -> None:
 
 
 def test_dial_failures_are_told_apart() -> None:
-    from wsbalancer.dialer import BackendConnectError, BackendTimeoutError
+    from wsbalancer.upstream.dialer import BackendConnectError, BackendTimeoutError
 
     assert issubclass(BackendTimeoutError, BackendConnectError)
     assert not issubclass(defer.TimeoutError, BackendConnectError)

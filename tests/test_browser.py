@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from wsbalancer.processes import free_port, processes, wait_port
+from wsbalancer.devtools.processes import free_port, processes, wait_port
 
 from .test_demo import DEMO
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from wsbalancer.processes import free_port, processes, spawn_demo_backend, wait_port
+from wsbalancer.devtools.processes import free_port, processes, spawn_demo_backend, wait_port
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 

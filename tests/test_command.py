@@ -23,9 +23,9 @@ import pytest
 from prometheus_client import generate_latest
 
 import wsbalancer
-from wsbalancer import cli
-from wsbalancer.metrics import BalancerMetrics
-from wsbalancer.processes import free_port, processes, spawn_demo_backend, wait_port
+from wsbalancer.devtools.processes import free_port, processes, spawn_demo_backend, wait_port
+from wsbalancer.observe.counters import BalancerMetrics
+from wsbalancer.service import cli
 
 from .tlsutil import CertAuthority
 
@@ -409,7 +409,7 @@ def test_conformance_without_kosoku_is_one_line_not_a_traceback(tmp_path: Path) 
     # importable, no kosoku script beside the interpreter or on PATH.
     script = (
         "import sys; sys.modules['kosoku'] = None; sys.modules['websockets'] = None; "
-        "sys.executable = sys.argv[1]; from wsbalancer.conformance import main; "
+        "sys.executable = sys.argv[1]; from wsbalancer.devtools.conformance import main; "
         "sys.exit(main(['--out', sys.argv[2], '--legs', 'client,backend', '--cases', '1.1.1']))"
     )
     result = subprocess.run(

@@ -12,8 +12,8 @@ import pytest_twisted
 import websockets
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
-from wsbalancer.compression import SKIP_AFTER_INCOMPRESSIBLE, TunedDeflate
 from wsbalancer.extensions import SessionListener
+from wsbalancer.wire.compression import SKIP_AFTER_INCOMPRESSIBLE, TunedDeflate
 
 from .helpers import aio, start_backend, start_balancer
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from wsbalancer.conformance import ALLOW_LIST, main
+from wsbalancer.devtools.conformance import ALLOW_LIST, main
 
 pytestmark = pytest.mark.slow  # processes, browsers or the Autobahn suite: not in the fast tier
 

@@ -187,5 +187,5 @@ def test_the_build_context_left_by_dockerignore_builds_the_wheel(tmp_path: Path)
     )
     (wheel,) = (tmp_path / "wheel").glob("wsbalancer-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"twisted/plugins/wsbalancer_plugin.py", "wsbalancer/tap.py"} <= names
-    assert "wsbalancer/dashboard.html" in names
+    assert {"twisted/plugins/wsbalancer_plugin.py", "wsbalancer/service/tap.py"} <= names
+    assert "wsbalancer/admin/dashboard.html" in names

@@ -133,7 +133,7 @@ class _PlainServer:
     def __init__(self, web_status: bool = True) -> None:
         from twisted.protocols.policies import WrappingFactory
 
-        from wsbalancer.demo.plain_echo import plain_echo_factory
+        from wsbalancer.devtools.demo.plain_echo import plain_echo_factory
 
         factory = plain_echo_factory()
         factory.setProtocolOptions(webStatus=web_status)
@@ -155,14 +155,14 @@ async def test_plain_websocket_backends_named_only_by_be_urls_are_served() -> No
     from twisted.logger import formatEvent, globalLogPublisher
 
     from wsbalancer.config import load
-    from wsbalancer.tap import build_service
+    from wsbalancer.service.tap import build_service
 
     page, upgrade_required = _PlainServer(), _PlainServer(web_status=False)
     warnings: list[str] = []
 
     def observe(event: dict[str, Any]) -> None:
         if str(event.get("log_namespace")).startswith(
-            "wsbalancer.poller"
+            "wsbalancer.upstream.poller"
         ) and "count" in formatEvent(event):
             warnings.append(formatEvent(event))
 
@@ -235,7 +235,7 @@ def test_a_ws_echo_server_named_by_be_urls_serves_clients_through_twistd(tmp_pat
 
     from websockets.sync.client import connect
 
-    from wsbalancer.processes import (
+    from wsbalancer.devtools.processes import (
         clean_environment,
         free_port,
         processes,

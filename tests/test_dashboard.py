@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from wsbalancer.processes import (
+from wsbalancer.devtools.processes import (
     clean_environment,
     free_port,
     processes,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
-from wsbalancer.processes import free_port, processes, wait_port
+from wsbalancer.devtools.processes import free_port, processes, wait_port
 
 DEMO = str(Path(sys.executable).parent / "wsbalancer-demo")
 

@@ -21,9 +21,9 @@ from twisted.names import authority, common, dns, error, server
 from twisted.protocols.policies import WrappingFactory
 
 from wsbalancer.config import ConfigError, load
-from wsbalancer.demo.backend import DemoBackend
-from wsbalancer.discovery import DiscoveryService, DnsSource
-from wsbalancer.discovery_config import DiscoverySource, parse_sources
+from wsbalancer.config.discovery import DiscoverySource, parse_sources
+from wsbalancer.devtools.demo.backend import DemoBackend
+from wsbalancer.upstream.discovery import DiscoveryService, DnsSource
 
 from .helpers import TIMEOUT, RunningBackend, aio, get_json, recv, start_backend, start_balancer
 from .tlsutil import CertAuthority
@@ -492,9 +492,9 @@ def _load_text(text: str) -> Any:
 
 
 def test_an_address_serving_in_another_pool_is_refused_once_per_lookup_series() -> None:
-    from wsbalancer.balancer import Balancer
-    from wsbalancer.discovery import BalancerTarget
-    from wsbalancer.discovery_config import backend_for
+    from wsbalancer.config.discovery import backend_for
+    from wsbalancer.relay.balancer import Balancer
+    from wsbalancer.upstream.discovery import BalancerTarget
 
     config = _load_text(
         "pools:\n"

@@ -8,7 +8,7 @@ import pytest_twisted
 import websockets
 from twisted.internet import defer
 
-from wsbalancer.demo.backend import DemoProtocol
+from wsbalancer.devtools.demo.backend import DemoProtocol
 
 from .helpers import aio, recv, start_backend, start_balancer, wait_for
 

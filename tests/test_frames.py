@@ -21,8 +21,8 @@ from autobahn.twisted.websocket import (
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet.testing import StringTransport
 
-from wsbalancer import frames
-from wsbalancer.compression import accept_deflate_offer
+from wsbalancer.wire import frames
+from wsbalancer.wire.compression import accept_deflate_offer
 
 from .helpers import frame
 

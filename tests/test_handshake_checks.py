@@ -12,8 +12,8 @@ import pytest_twisted
 import websockets
 from twisted.internet import defer, protocol, reactor
 
-from wsbalancer.affinity import Affinity
 from wsbalancer.config import load
+from wsbalancer.upstream.affinity import Affinity
 
 from .helpers import aio, recv, start_backend, start_balancer, start_http_backend, wait_for
 

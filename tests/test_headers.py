@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from wsbalancer.config import Config
-from wsbalancer.headers import (
+from wsbalancer.wire.headers import (
     backend_request_headers,
     canonical,
     parse_raw_headers,

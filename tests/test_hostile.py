@@ -13,7 +13,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from websockets.exceptions import InvalidStatus
 
-from wsbalancer.demo.backend import DemoProtocol
+from wsbalancer.devtools.demo.backend import DemoProtocol
 
 from .helpers import aio, recv, start_backend, start_balancer, wait_for
 
@@ -186,7 +186,7 @@ async def test_a_hanging_metric_endpoint_is_stale_not_zero() -> None:
     hanging = reactor.listenTCP(0, Site(_HangingMetric()), interface="127.0.0.1")
     metric = f"http://127.0.0.1:{hanging.getHost().port}/metric"
     from wsbalancer.config import load
-    from wsbalancer.tap import build_service
+    from wsbalancer.service.tap import build_service
 
     config = load(
         None,

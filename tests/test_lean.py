@@ -6,7 +6,7 @@ import random
 
 from autobahn.websocket.xormasker import create_xor_masker as native
 
-import wsbalancer.lean as lean
+import wsbalancer.wire.lean as lean
 
 
 def test_small_frames_are_masked_exactly_as_autobahn_does_in_any_chunking() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from websockets.sync.client import connect
 
-from wsbalancer.processes import free_port, processes, spawn_demo_backend, wait_port
+from wsbalancer.devtools.processes import free_port, processes, spawn_demo_backend, wait_port
 
 BIN = Path(sys.executable).parent
 

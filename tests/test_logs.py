@@ -14,14 +14,14 @@ import treq
 from twisted.logger import LogLevel, PredicateResult, globalLogPublisher
 from twisted.python.failure import Failure
 
-from wsbalancer import logs
-from wsbalancer.processes import (
+from wsbalancer.devtools.processes import (
     free_port,
     processes,
     spawn_balancer,
     spawn_demo_backend,
     wait_until,
 )
+from wsbalancer.observe import logs
 
 from .helpers import start_balancer
 
@@ -226,9 +226,9 @@ async def test_the_admin_access_switch() -> None:
 def test_a_backend_coming_back_is_info_and_going_down_a_warning() -> None:
     from twisted.internet.task import Clock
 
-    from wsbalancer.balancer import Balancer
     from wsbalancer.config import load
-    from wsbalancer.pool import PodInfo
+    from wsbalancer.relay.balancer import Balancer
+    from wsbalancer.upstream.pool import PodInfo
 
     config = load(None, environ={}, overrides=[], backends=["b1=ws://127.0.0.1:1"])
     balancer = Balancer(config, reactor=Clock())

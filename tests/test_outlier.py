@@ -7,8 +7,8 @@ from typing import Any
 from twisted.internet.task import Clock
 
 from wsbalancer.config import Config, ConfigError, load
-from wsbalancer.outlier import MAX_EJECTION_FACTOR, OutlierDetector, OutlierState
-from wsbalancer.pool import BackendPool
+from wsbalancer.upstream.outlier import MAX_EJECTION_FACTOR, OutlierDetector, OutlierState
+from wsbalancer.upstream.pool import BackendPool
 
 from .test_pool import backend
 

@@ -37,9 +37,9 @@ def test_wheel_contains_the_plugin_and_the_demo_page(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "twisted/plugins/wsbalancer_plugin.py" in names
     assert "twisted/plugins/__init__.py" not in names  # it would shadow Twisted's own plugins
-    assert "wsbalancer/demo/chat.html" in names
-    assert {"wsbalancer/dashboard.html", "wsbalancer/dashboard.js"} <= names
-    assert "wsbalancer/tap.py" in names
+    assert "wsbalancer/devtools/demo/chat.html" in names
+    assert {"wsbalancer/admin/dashboard.html", "wsbalancer/admin/dashboard.js"} <= names
+    assert "wsbalancer/service/tap.py" in names
     # The licence travels with the wheel, and its metadata says which one it is.
     (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
     assert zipfile.ZipFile(wheel).read(license_file) == (ROOT / "LICENSE").read_bytes()

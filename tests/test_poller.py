@@ -17,7 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from wsbalancer.config import BackendConfig
-from wsbalancer.poller import (
+from wsbalancer.upstream.poller import (
     MAX_COUNT,
     MAX_METRIC_BODY,
     CountPoller,
@@ -25,7 +25,7 @@ from wsbalancer.poller import (
     NoCountEndpointError,
     parse_metric,
 )
-from wsbalancer.pool import DOWN, UP, BackendPool
+from wsbalancer.upstream.pool import DOWN, UP, BackendPool
 
 TIMEOUT = 2.0
 Answer = tuple[int, bytes] | Callable[[Request], Any]

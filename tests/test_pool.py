@@ -8,7 +8,16 @@ from collections import Counter
 from typing import Any
 
 from wsbalancer.config import BackendConfig
-from wsbalancer.pool import CLOSED, DOWN, HALF_OPEN, OPEN, UP, BackendPool, BackendState, PodInfo
+from wsbalancer.upstream.pool import (
+    CLOSED,
+    DOWN,
+    HALF_OPEN,
+    OPEN,
+    UP,
+    BackendPool,
+    BackendState,
+    PodInfo,
+)
 
 
 class FakeTime:

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     epollreactor.install()
     from twisted.internet import protocol, reactor
     from twisted.logger import globalLogPublisher
-    from wsbalancer import reactor_loop
+    from wsbalancer.wire import reactor_loop
 
     seen = {"loop": type(reactor).mainLoop is reactor_loop.main_loop, "events": [],
             "errors": 0, "echoed": 0, "main_loop_errors": 0, "lost_errors": 0}

@@ -10,7 +10,7 @@ import pytest_twisted
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from wsbalancer.demo.backend import DemoProtocol
+from wsbalancer.devtools.demo.backend import DemoProtocol
 
 from .helpers import aio, get_json, start_backend, start_balancer, wait_for
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from wsbalancer.processes import free_port, processes, spawn_balancer, wait_port
+from wsbalancer.devtools.processes import free_port, processes, spawn_balancer, wait_port
 
 pytestmark = pytest.mark.slow  # processes, browsers or the Autobahn suite: not in the fast tier
 

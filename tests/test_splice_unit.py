@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from wsbalancer.splice import SpliceDirection
+from wsbalancer.relay.splice import SpliceDirection
 
 from .helpers import frame
 

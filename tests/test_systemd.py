@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from wsbalancer.processes import free_port, processes, spawn_demo_backend, wait_port
+from wsbalancer.devtools.processes import free_port, processes, spawn_demo_backend, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -11,7 +11,7 @@ import websockets
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 
-from wsbalancer.demo.backend import DemoBackend
+from wsbalancer.devtools.demo.backend import DemoBackend
 
 from .helpers import aio, recv, start_backend, start_balancer
 from .tlsutil import CertAuthority

@@ -23,8 +23,8 @@ from twisted.logger import globalLogPublisher
 from websockets.sync.client import connect as sync_connect
 
 from wsbalancer.config import ConfigError, load
-from wsbalancer.demo.backend import DemoBackend
-from wsbalancer.processes import free_port, processes, spawn_balancer, spawn_demo_backend
+from wsbalancer.devtools.demo.backend import DemoBackend
+from wsbalancer.devtools.processes import free_port, processes, spawn_balancer, spawn_demo_backend
 
 from .helpers import aio, recv, start_backend, start_balancer
 from .tlsutil import CertAuthority
@@ -85,7 +85,7 @@ async def test_reload_serves_the_new_certificate_and_keeps_open_sessions(tmp_pat
 
         # A broken key file: the certificate in use stays, one clear line says why.
         key.write_text("-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n")
-        with log_lines("wsbalancer.tls") as events:
+        with log_lines("wsbalancer.service.tlsreload") as events:
             (change,) = lb.service.reload()
         assert change.startswith("certificate of ssl:0 kept (reload failed: ")
         assert len(events) == 1 and "the old certificate stays" in events[0]["log_format"]

@@ -16,7 +16,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from wsbalancer.processes import (
+from wsbalancer.devtools.processes import (
     free_port,
     processes,
     spawn_balancer,

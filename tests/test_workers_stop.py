@@ -9,7 +9,7 @@ from pathlib import Path
 
 from websockets.sync.client import connect
 
-from wsbalancer.processes import (
+from wsbalancer.devtools.processes import (
     free_port,
     processes,
     spawn_balancer,

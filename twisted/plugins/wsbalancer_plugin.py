@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 wsbalancer = ServiceMaker(
     "wsbalancer",
-    "wsbalancer.tap",
+    "wsbalancer.service.tap",
     "A WebSocket connection balancer relaying each session to the least-loaded backend.",
     "wsbalancer",
 )

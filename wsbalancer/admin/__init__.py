@@ -1,0 +1,1 @@
+"""The admin site: REST API, dashboard, Prometheus endpoint."""

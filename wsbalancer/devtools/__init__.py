@@ -1,0 +1,1 @@
+"""Harnesses for tests, benchmarks and the demo; not on the runtime path."""

@@ -1,0 +1,1 @@
+"""What the balancer tells: logs, counters, worker metric merging (the ground floor)."""

@@ -1,0 +1,458 @@
+"""The two legs of a session as Autobahn protocols: the client leg (a server protocol) and the
+backend leg (a client protocol). They translate Autobahn's events into calls on the session
+(`session.py`), which decides what happens.
+
+The per-message path is the hot path: `onMessage` does a few counter updates and one
+`sendMessage`, and Autobahn's per-read debug formatting is skipped.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from autobahn.twisted.websocket import (
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.protocol import WebSocketProtocol
+
+try:
+    from twisted.internet.endpoints import _WrappingProtocol
+except ImportError:  # a private class: without it, reads keep going through the wrapper
+    _WrappingProtocol = None  # type: ignore[assignment,misc]
+
+from wsbalancer.observe.logs import logger
+from wsbalancer.relay.httpproxy import proxy_site
+from wsbalancer.relay.session import RelaySession, peer_host
+from wsbalancer.upstream.dialer import BackendConnectError, BackendHandshakeError
+from wsbalancer.wire.compression import forward_compressed, tune_compression
+from wsbalancer.wire.frames import FastFrames, prepare, receive
+from wsbalancer.wire.headers import parse_raw_headers, valid_host
+from wsbalancer.wire.lean import LeanReceive, LeanSend, shed_handshake
+
+if TYPE_CHECKING:
+    from wsbalancer.relay.balancer import Balancer
+    from wsbalancer.upstream.routing import Lane
+
+_log = logger("wsbalancer.relay")
+
+
+OPEN = WebSocketProtocol.STATE_OPEN
+CLOSED = WebSocketProtocol.STATE_CLOSED
+# 1014 (Bad Gateway) is registered with IANA; a backend or a balancer in front may send it.
+ALLOWED_CLOSE_CODES = [*WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED, 1014]
+NO_CLOSE_FRAME = 1006
+WEBSOCKET_VERSION = "13"  # RFC 6455; the only Sec-WebSocket-Version a client is accepted with
+
+
+class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
+    """The client leg."""
+
+    CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES
+    session: RelaySession | None = None
+    partner: BackendProtocol | None = None
+    _isMessageCompressed = False  # Autobahn sets it per message
+    # Nothing inspects or changes this leg's messages (False with hooks), so they may be
+    # forwarded as they came: compressed bytes kept, frames relayed by frames.py directly.
+    forwards_as_is = True
+    _handshake_pending = False
+    holds_slot = False  # counted under limits.max_connections(_per_ip) until the connection ends
+    lane: Lane | None = None  # the pool the request was routed to
+    http_channel: Any = None  # set when the connection is handed to the HTTP proxy
+
+    def dataReceived(self, data: bytes) -> None:
+        splice = self.splice_out
+        if splice is not None:
+            splice.feed(data)
+            return
+        if self.fast_in and self.state == OPEN and self.current_frame is None:
+            if not self.inside_message:
+                receive(self, data)
+                return
+        if self.http_channel is not None:
+            self.http_channel.dataReceived(data)
+            return
+        # Skip Autobahn's per-read debug formatting (its arguments are built even with debug off).
+        self._dataReceived(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.holds_slot:
+            self.holds_slot = False
+            self.factory.release(self)
+        if self.http_channel is not None:
+            self.http_channel.connectionLost(reason)
+        super().connectionLost(reason)
+
+    def processHandshake(self) -> None:
+        if self._handshake_pending:
+            return  # bytes after the request wait until the backend has answered
+        limit = self.factory.balancer.config.max_header_bytes
+        end = self.data.find(b"\r\n\r\n")
+        if limit and ((end < 0 and len(self.data) > limit) or end + 4 > limit):
+            self.failHandshake("request header fields too large", 431)
+            return
+        if end >= 0 and self.lane is None and not self._check(self.data[: end + 4]):
+            return
+        super().processHandshake()
+
+    def _check(self, head: bytes) -> bool:
+        """Check the request head and pick its pool; False when the request was answered
+        here (400 Host, 404, 426 version) or handed to the plain-HTTP proxy."""
+        first, _, _ = head.partition(b"\r\n")
+        parts = first.decode("latin-1").split()
+        if len(parts) != 3:
+            return True  # malformed: Autobahn's 400 says so
+        pairs = parse_raw_headers(head)
+        # Checked here, not by Autobahn: the Host is routed on and sent on in
+        # X-Forwarded-Host, so one with spaces or stray bytes goes no further.
+        hosts = [value for name, value in pairs if name.lower() == "host"]
+        if not all(valid_host(host) for host in hosts):
+            self.failHandshake("malformed Host header", 400)
+            return False
+        headers = {name.lower(): value for name, value in pairs}
+        lane = self.factory.balancer.route(parts[1], headers.get("host"))
+        if lane is None:
+            path = parts[1].split("?", 1)[0]
+            self.failHandshake(f"no route for {path}", 404)
+            return False
+        upgrade = "websocket" in headers.get("upgrade", "").lower()
+        if not upgrade and lane.config.http:
+            if self._admit():
+                self._become_http()
+            return False
+        versions = [value for name, value in pairs if name.lower() == "sec-websocket-version"]
+        if upgrade and versions != [WEBSOCKET_VERSION]:
+            # RFC 6455 4.2.2 / 4.4: name the version spoken here (Autobahn would also take
+            # the hybi drafts, and answer an unparsable one without the header).
+            offered = ", ".join(versions)[:32] or "none"
+            self.failHandshake(
+                f"WebSocket version {offered} not supported; this server speaks 13",
+                426,
+                [("Sec-WebSocket-Version", WEBSOCKET_VERSION)],
+            )
+            return False
+        if not self._admit():
+            return False
+        self.lane = lane
+        return True
+
+    def _admit(self) -> bool:
+        """Take this client's slot under the connection limits; False when refused."""
+        refusal = self.factory.admit(self)
+        if refusal is not None:
+            self.failHandshake(refusal[1], refusal[0])
+            return False
+        self.holds_slot = True
+        return True
+
+    def _become_http(self) -> None:
+        # From here on, this connection's bytes go to a twisted.web channel, which reads the
+        # request again and proxies it (and any keep-alive requests after it).
+        if self.openHandshakeTimeoutCall is not None:
+            self.openHandshakeTimeoutCall.cancel()
+            self.openHandshakeTimeoutCall = None
+        self.wasClean = True  # no WebSocket close is owed to this client
+        channel = self.factory.http_site().buildProtocol(self.transport.getPeer())
+        channel.totalHeadersSize = self.factory.balancer.config.max_header_bytes or 16384
+        self.http_channel = channel
+        channel.makeConnection(self.transport)
+        data, self.data = self.data, b""
+        channel.dataReceived(data)
+
+    def onConnect(self, request: Any) -> Any:
+        self._handshake_pending = True
+        self.session = RelaySession(self.factory.balancer, self)
+        return self.session.start(request)
+
+    def onOpen(self) -> None:
+        self._handshake_pending = False
+        shed_handshake(self)  # the session took what it needs of the request
+        tune_compression(self, self.factory.balancer.config.compression_level)
+        prepare(self)
+        if self.session is not None:
+            self.session.client_opened()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session: Any = self.session
+        session.msgs_in += 1
+        session.bytes_in += len(payload)
+        partner = self.partner
+        if partner is None:
+            session.hold(payload, isBinary)  # failing over: delivered once re-dialled
+        elif partner.state == OPEN:  # a closing leg takes no more messages
+            session.unanswered += 1
+            if not (
+                self._isMessageCompressed
+                and self.forwards_as_is
+                and forward_compressed(self, partner, isBinary)
+            ):
+                partner.sendMessage(payload, isBinary)
+
+    def relayed(self, size: int) -> None:
+        """Count a message of `size` bytes that frames.py relayed to the open partner (what
+        onMessage counts for one it relays)."""
+        session: Any = self.session
+        session.msgs_in += 1
+        session.bytes_in += size
+        session.unanswered += 1
+
+    def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
+        was_open = self.state == OPEN
+        failed = super().onCloseFrame(code, reasonRaw)
+        if not failed and was_open and self.session is not None:
+            self.session.client_close_frame(self.remoteCloseCode, reasonRaw)
+        return failed
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self.session is not None:
+            self.session.client_lost(self.remoteCloseCode if wasClean else NO_CLOSE_FRAME)
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        if self.state == CLOSED:
+            return
+        self.wasNotCleanReason = reason
+        peer = peer_host(self)
+        uri = getattr(self, "http_request_uri", "")
+        if code in (499,):
+            self.dropConnection(abort=True)
+            return
+        _log.info(
+            "handshake from {peer} {uri} refused: {code} {reason}",
+            peer=peer,
+            uri=uri,
+            code=code,
+            reason=reason,
+        )
+        headers = list(responseHeaders or [])
+        if code == 426:
+            headers.append(("Upgrade", "websocket"))
+        self.factory.balancer.handshake_outcome(f"refused_{code}")
+        self.sendHttpErrorResponse(code, reason, headers)
+        self.wasClean = True  # answered and logged above; spare Autobahn's second warning
+        self.dropConnection(abort=False)
+
+    def sendHttpErrorResponse(self, code: int, reason: str, responseHeaders: Any = None) -> None:
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
+        body = (" ".join(str(reason).split()) + "\n").encode("utf-8", "replace")
+        head = [
+            f"HTTP/1.1 {code} {phrase}",
+            "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
+        head += [f"{name}: {value}" for name, value in responseHeaders or []]
+        self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+
+
+class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol):  # type: ignore[misc]
+    """The backend leg."""
+
+    CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES
+    dial: Any = None
+    session: RelaySession | None = None
+    partner: FrontendProtocol | None = None
+    _isMessageCompressed = False  # Autobahn sets it per message
+    # Nothing inspects or changes this leg's messages (False with hooks), so they may be
+    # forwarded as they came: compressed bytes kept, frames relayed by frames.py directly.
+    forwards_as_is = True
+    handshake_status: int | None = None
+    handshake_reason = ""
+
+    def dataReceived(self, data: bytes) -> None:
+        splice = self.splice_out
+        if splice is not None:
+            splice.feed(data)
+            return
+        if self.fast_in and self.state == OPEN and self.current_frame is None:
+            if not self.inside_message:
+                receive(self, data)
+                return
+        self._dataReceived(data)
+
+    def onOpen(self) -> None:
+        self.factory = self.dial.shared_factory  # the dial's copy served the handshake only
+        tune_compression(self, self.dial.session.balancer.config.compression_level)
+        prepare(self)
+        unwrap(self)
+        self.dial.opened(self)
+
+    def _actuallyStartHandshake(self, request_options: Any) -> None:
+        # Autobahn writes its request as UTF-8, which would re-encode what the client sent:
+        # the path and header values were read as latin-1 (one character per byte), so the
+        # request is written as latin-1 and the backend gets the client's bytes as they came
+        # (RFC 7230 obs-text). A shim for this one write, on the instance.
+        self.__dict__["sendData"] = self.send_request_as_read
+        try:
+            super()._actuallyStartHandshake(request_options)
+        finally:
+            self.__dict__.pop("sendData", None)
+
+    def send_request_as_read(
+        self, data: bytes, sync: bool = False, chopsize: int | None = None
+    ) -> None:
+        """Write the handshake request with each character as the byte it was read as."""
+        try:
+            data = data.decode("utf-8").encode("latin-1")
+        except UnicodeEncodeError:
+            pass  # a configured value beyond latin-1 has no such byte: it goes as UTF-8
+        self.http_request_data = data
+        type(self).sendData(self, data, sync, chopsize)
+
+    def failHandshake(self, reason: str) -> None:
+        status_line = getattr(self, "http_status_line", "") or ""
+        parts = status_line.split(None, 2)
+        if len(parts) >= 2 and parts[1].isdigit():
+            self.handshake_status = int(parts[1])
+            self.handshake_reason = parts[2] if len(parts) > 2 else ""
+            if self.handshake_status == 101:  # a 101 that broke the rules: a bad gateway
+                self.handshake_status = None
+                self.handshake_reason = reason
+        else:
+            self.handshake_reason = reason
+        super().failHandshake(reason)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session: Any = self.session
+        partner = self.partner
+        if partner is None or partner.state != OPEN:
+            return  # a leg being dropped (failover mismatch), or a client already closing
+        session.msgs_out += 1
+        session.bytes_out += len(payload)
+        session.unanswered = 0
+        if not (
+            self._isMessageCompressed
+            and self.forwards_as_is
+            and forward_compressed(self, partner, isBinary)
+        ):
+            partner.sendMessage(payload, isBinary)
+
+    def relayed(self, size: int) -> None:
+        """Count a message of `size` bytes that frames.py relayed to the client."""
+        session: Any = self.session
+        session.msgs_out += 1
+        session.bytes_out += size
+        session.unanswered = 0
+
+    def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
+        was_open = self.state == OPEN
+        failed = super().onCloseFrame(code, reasonRaw)
+        if not failed and was_open and self.session is not None:
+            self.session.backend_close_frame(self, self.remoteCloseCode, reasonRaw)
+        return failed
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        dial = self.dial
+        if dial is not None and dial.pending:
+            if self.handshake_status is not None or self.handshake_reason:
+                dial.failed(
+                    BackendHandshakeError(self.handshake_status, self.handshake_reason or "")
+                )
+            else:
+                dial.failed(BackendConnectError(reason or "connection lost in handshake"))
+            return
+        session = self.session
+        if session is not None:
+            failure = self.localCloseCode if self.failedByMe else None
+            session.backend_lost(self, failure, wasClean)
+
+
+class HookedFrontendProtocol(FrontendProtocol):  # type: ignore[misc]
+    """The client leg when message hooks are configured (the plain one stays lean)."""
+
+    forwards_as_is = False  # a hook may change or drop what the peer's stream holds
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        message = run_hooks(self, "client_to_backend", payload, isBinary)
+        if message is not None:
+            super().onMessage(*message)
+
+
+class HookedBackendProtocol(BackendProtocol):  # type: ignore[misc]
+    """The backend leg when message hooks are configured."""
+
+    forwards_as_is = False
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        message = run_hooks(self, "backend_to_client", payload, isBinary)
+        if message is not None:
+            super().onMessage(*message)
+
+
+def unwrap(leg: Any) -> None:
+    """Let a plain TCP connection hand its reads to the leg itself: the endpoint's wrapper
+    protocol only passes them on once connected (one call less per read)."""
+    transport = leg.transport
+    wrapper = getattr(transport, "protocol", None)
+    if type(wrapper) is _WrappingProtocol and wrapper._wrappedProtocol is leg:
+        transport.protocol = leg
+
+
+def run_hooks(leg: Any, direction: str, payload: bytes, is_binary: bool) -> Any:
+    """The message after every hook, or None when one dropped it (or failed)."""
+    session = leg.session
+    message: Any = (payload, is_binary)
+    for hook in session.balancer.hooks:
+        try:
+            message = getattr(hook, direction)(session, *message)
+        except Exception:
+            _log.failure(
+                "message hook {hook} failed; the message is dropped", hook=type(hook).__name__
+            )
+            return None
+        if message is None:
+            return None
+    return message
+
+
+class RelayFactory(WebSocketServerFactory):
+    """The client-facing factory; shared by every listen endpoint."""
+
+    protocol = FrontendProtocol
+
+    def __init__(self, balancer: Balancer) -> None:
+        super().__init__()
+        self.balancer = balancer
+        self.noisy = False
+        # Clients admitted under the limits: sessions open plus handshakes in flight (their
+        # request read, the backend being dialled), in all and by address. Connections still
+        # sending their request are not counted: a burst is admitted up to the limit, in the
+        # order its requests arrive, and a request that never ends takes no slot (the
+        # client handshake timeout drops it).
+        self.admitted = 0
+        self.per_ip: dict[str, int] = {}
+        self._http_site: Any = None
+
+    def http_site(self) -> Any:
+        """The twisted.web site that proxies plain-HTTP requests (built on first use)."""
+        if self._http_site is None:
+            self._http_site = proxy_site(self.balancer)
+        return self._http_site
+
+    def admit(self, protocol: FrontendProtocol) -> tuple[int, str] | None:
+        """Count a client whose request head is complete under `limits.max_connections` and
+        `limits.max_connections_per_ip`; (status, reason) instead when it is over one."""
+        config = self.balancer.config
+        host = peer_host(protocol)
+        per_ip = config.max_connections_per_ip
+        if per_ip and self.per_ip.get(host, 0) >= per_ip:
+            return 429, "too many connections from this address"
+        if config.max_connections and self.admitted >= config.max_connections:
+            return 503, "maximum number of connections reached"
+        self.admitted += 1
+        self.per_ip[host] = self.per_ip.get(host, 0) + 1
+        return None
+
+    def release(self, protocol: FrontendProtocol) -> None:
+        """An admitted client's connection ended: its slot is free."""
+        self.admitted -= 1
+        host = peer_host(protocol)
+        left = self.per_ip.get(host, 1) - 1
+        if left > 0:
+            self.per_ip[host] = left
+        else:
+            self.per_ip.pop(host, None)

@@ -1,0 +1,2 @@
+"""The backend side (Envoy's cluster): pools, picking, health, poller, dialer, routing,
+affinity, discovery."""

@@ -1,0 +1,274 @@
+"""Opening the backend leg: endpoint (TCP or TLS), the handshake request, its outcome."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketClientFactory
+from autobahn.websocket.compress import PerMessageDeflateOffer
+from twisted.internet import defer, error, ssl
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from wsbalancer.config import BackendConfig, Config
+from wsbalancer.wire.compression import accept_deflate_response
+from wsbalancer.wire.lean import bake_options
+
+
+class BackendHandshakeError(Exception):
+    """The backend answered the handshake with something other than 101."""
+
+    def __init__(self, status: int | None, reason: str) -> None:
+        super().__init__(f"HTTP {status} {reason}" if status else reason)
+        self.status = status
+        self.reason = reason
+
+
+class BackendConnectError(Exception):
+    """The backend leg could not be opened (connect failure, timeout, lost mid-handshake)."""
+
+
+class BackendTimeoutError(BackendConnectError):
+    """The backend did not connect, or did not answer the handshake, in time."""
+
+
+def backend_resource(backend_url: str, client_uri: str) -> str:
+    """The request target on the backend: its URL's path as a prefix of the client's."""
+    prefix = urlsplit(backend_url).path.rstrip("/")
+    target = client_uri if client_uri.startswith("/") else "/" + client_uri
+    return prefix + target
+
+
+def client_certificate(config: Config) -> Any:
+    """The certificate presented to backends (tls.client_cert/client_key), or None."""
+    if not (config.tls_client_cert and config.tls_client_key):
+        return None
+    with open(config.tls_client_cert, "rb") as cert, open(config.tls_client_key, "rb") as key:
+        return ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read())
+
+
+def tls_options(hostname: str, config: Config) -> Any:
+    """Client TLS options for a wss:// backend: verified (service-identity) unless turned off,
+    with the configured client certificate if any."""
+    client = client_certificate(config)
+    if not config.tls_verify:
+        if client is None:
+            return ssl.CertificateOptions(verify=False)
+        return ssl.CertificateOptions(
+            verify=False, privateKey=client.privateKey.original, certificate=client.original
+        )
+    trust_root: Any = None
+    if config.tls_ca_file:
+        with open(config.tls_ca_file, "rb") as f:
+            pem = f.read()
+        certs = [
+            ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + chunk)
+            for chunk in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]
+        ]
+        trust_root = ssl.trustRootFromCertificates(certs)
+    return ssl.optionsForClientTLS(hostname, trustRoot=trust_root, clientCertificate=client)
+
+
+class _DialFactory(Factory):
+    """Builds the one protocol of one dial and hands it the dial it belongs to."""
+
+    noisy = False
+
+    def __init__(self, ws_factory: WebSocketClientFactory, dial: BackendDial) -> None:
+        self.ws_factory: WebSocketClientFactory | None = ws_factory
+        self.dial = dial
+
+    def buildProtocol(self, addr: Any) -> Any:
+        assert self.ws_factory is not None
+        protocol: Any = self.ws_factory.buildProtocol(addr)
+        # The connector keeps this factory as long as the connection lasts; the dial's
+        # factory copy is the protocol's alone from here (see BackendDial.shared_factory).
+        self.ws_factory = None
+        protocol.dial = self.dial
+        self.dial.protocol = protocol
+        return protocol
+
+
+class BackendDial:
+    """One attempt at the backend leg; `deferred` fires with the open protocol."""
+
+    def __init__(self) -> None:
+        self.deferred: defer.Deferred[Any] = defer.Deferred(self._cancel)
+        self.protocol: Any = None
+        self.connecting: defer.Deferred[Any] | None = None
+        # The backend's own factory, which the open leg takes instead of the dial's copy:
+        # the copy's request fields (path, headers, offers) are the handshake's only, and
+        # the copy is about 1.5 KiB of every idle session.
+        self.shared_factory: Any = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether the outcome is still unknown."""
+        return not self.deferred.called
+
+    def opened(self, protocol: Any) -> None:
+        """The backend answered 101."""
+        if self.pending:
+            self.deferred.callback(protocol)
+
+    def failed(self, error: Exception) -> None:
+        """The dial ended without an open leg."""
+        if self.pending:
+            if getattr(self.protocol, "wasOpenHandshakeTimeout", False):
+                # Autobahn's backend handshake timer dropped the connection.
+                error = BackendTimeoutError("handshake timed out")
+            self.deferred.errback(error)
+
+    def _cancel(self, _: Any) -> None:
+        if self.connecting is not None and not self.connecting.called:
+            self.connecting.cancel()
+        if self.protocol is not None and self.protocol.transport is not None:
+            self.protocol.transport.abortConnection()
+
+
+Endpoint = IStreamClientEndpoint
+
+
+class BackendDialer:
+    """Dials backends; one Autobahn client factory per backend, copied per dial."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: Config,
+        protocol_class: type,
+        clock: Any = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = clock or reactor
+        self.config = config
+        self.protocol_class = protocol_class
+        self._factories: dict[str, tuple[BackendConfig, WebSocketClientFactory, Endpoint]]
+        self._factories = {}
+
+    def reconfigure(self, config: Config) -> None:
+        """Use a new configuration for the next dials."""
+        self.config = config
+        self._factories.clear()
+
+    def _prepared(self, backend: BackendConfig) -> tuple[WebSocketClientFactory, Endpoint]:
+        cached = self._factories.get(backend.id)
+        if cached is not None and cached[0] == backend:
+            return cached[1], cached[2]
+        config = self.config
+        factory = WebSocketClientFactory(backend.url)
+        keepalive = config.backend_keepalive
+        factory.setProtocolOptions(
+            openHandshakeTimeout=config.backend_handshake_timeout,
+            closeHandshakeTimeout=config.close_timeout,
+            autoPingInterval=keepalive.ping_interval,
+            autoPingTimeout=keepalive.pong_timeout,
+            maxMessagePayloadSize=config.max_message_size,
+            maxFramePayloadSize=config.max_frame_size,
+            failByDrop=False,
+            echoCloseCodeReason=True,
+            perMessageCompressionAccept=accept_deflate_response,
+            tcpNoDelay=True,
+        )
+        factory.useragent = None  # the client's own User-Agent is forwarded instead
+        # Options as class attributes; the offers are set per dial on the factory copy.
+        factory.protocol = bake_options(  # type: ignore[assignment]
+            self.protocol_class, factory, frozenset({"perMessageCompressionOffers"})
+        )
+        factory.noisy = False
+        parts = urlsplit(backend.url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+
+        # Built once per backend: reading and parsing the CA bundle is no per-session work.
+        tls = tls_options(backend.server_name or host, config) if parts.scheme == "wss" else None
+
+        # One endpoint per backend, reused for every dial: connect() keeps no state in it
+        # (a host name is resolved again on each connect), and parsing the address once
+        # keeps that out of every session's set-up.
+        timeout = config.backend_connect_timeout
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            ep: IStreamClientEndpoint = HostnameEndpoint(self.reactor, host, port, timeout)
+        else:
+            cls = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
+            ep = cls(self.reactor, host, port, timeout)
+        if tls is not None:
+            ep = wrapClientTLS(tls, ep)
+        endpoint = ep
+        self._factories[backend.id] = (backend, factory, endpoint)
+        return factory, endpoint
+
+    def dial(
+        self,
+        backend: BackendConfig,
+        resource: str,
+        headers: dict[str, str],
+        origin: str | None,
+        protocols: list[str],
+        offer_deflate: bool | list[Any],
+        session: Any,
+        limit: float | None = None,
+    ) -> defer.Deferred[Any]:
+        """Open the backend leg; fires with the open protocol, or fails with
+        BackendHandshakeError / BackendConnectError (BackendTimeoutError when it took too
+        long; defer.TimeoutError when `limit`, shorter than the dial's own time, ran out)."""
+        base, endpoint = self._prepared(backend)
+        # A shallow copy, as copy.copy makes it, without its generic protocol steps.
+        factory = object.__new__(type(base))
+        factory.__dict__.update(base.__dict__)
+        factory.resource = resource
+        factory.headers = headers
+        factory.origin = origin
+        factory.protocols = protocols
+        if isinstance(offer_deflate, list):
+            offers = offer_deflate  # the client's own offers, for a spliced session
+        else:
+            offers = [PerMessageDeflateOffer()] if offer_deflate else []
+        factory.perMessageCompressionOffers = offers
+        dial = BackendDial()
+        dial.shared_factory = base
+        dial.session = session  # type: ignore[attr-defined]
+        connecting = endpoint.connect(_DialFactory(factory, dial))
+        dial.connecting = connecting
+
+        def connect_failed(failure: Any) -> None:
+            if failure.check(error.TimeoutError):
+                dial.failed(BackendTimeoutError("connect timed out"))
+            elif not failure.check(defer.CancelledError):
+                dial.failed(BackendConnectError(_reason(failure.value)))
+
+        connecting.addErrback(connect_failed)
+        timeout = self.dial_timeout
+        if limit is not None and limit < timeout:
+            dial.deferred.addTimeout(limit, self.clock)  # the caller's budget, not the backend's
+        else:
+            dial.deferred.addTimeout(timeout, self.clock, self._timed_out)
+        return dial.deferred
+
+    @property
+    def dial_timeout(self) -> float:
+        """The longest one dial may take: connect, then the handshake."""
+        return self.config.backend_connect_timeout + self.config.backend_handshake_timeout
+
+    @staticmethod
+    def _timed_out(result: Any, timeout: float) -> Any:
+        # addTimeout's onTimeoutCancel: the backend's own time ran out.
+        if isinstance(result, Failure) and result.check(defer.CancelledError):
+            raise BackendTimeoutError("timed out")
+        return result
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip() or error.__class__.__name__
+    return text.splitlines()[0][:200]

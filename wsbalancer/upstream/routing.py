@@ -1,0 +1,63 @@
+"""Routes and pools as the balancer runs them.
+
+A `Lane` is one pool at run time: its validated settings, its `BackendPool`, the dialer for
+its backends, its affinity and (when the pool proxies plain HTTP) its HTTP agent. The
+`Router` maps a request's path and Host to a lane: the longest matching path prefix wins, a
+route naming a Host beats one that does not, and what no route takes goes to the default
+pool (or gets 404 when there is none). Plain Python, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from wsbalancer.config import Config, Route
+
+
+class Lane:
+    """One pool as it runs: settings, backends, dialer, affinity, HTTP client."""
+
+    def __init__(self, config: Config, pool: Any, dialer: Any, affinity: Any) -> None:
+        self.config = config
+        self.pool = pool
+        self.dialer = dialer
+        self.affinity = affinity
+        self.http_agent: Any = None  # built on first use by the HTTP proxy
+        self.poller: Any = None
+        self.retired = False  # dropped by a reload: takes no new sessions
+
+    @property
+    def name(self) -> str:
+        """The pool's name (`default` for the top-level one)."""
+        return self.config.pool_name
+
+
+class Router:
+    """Path (and Host) to lane."""
+
+    def __init__(self, routes: Iterable[Route], lanes: Mapping[str, Lane], default: str | None):
+        # Longest prefix first; among equal prefixes, host-specific routes first.
+        self.routes = sorted(routes, key=lambda r: (-len(r.path), r.host is None))
+        self.lanes = lanes
+        self.default = default
+
+    def route(self, target: str, host: str | None) -> Lane | None:
+        """The lane for a request target (path and query) and Host header, or None (404)."""
+        path = urlsplit(target).path or "/"
+        host_name = _host_name(host)
+        for route in self.routes:
+            if route.matches(path, host_name):
+                return self.lanes.get(route.pool)
+        return self.lanes.get(self.default) if self.default is not None else None
+
+
+def _host_name(host: str | None) -> str | None:
+    # `Example.com:8080` and `[::1]:80` match routes written without the port.
+    if not host:
+        return None
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

@@ -1,0 +1,1 @@
+"""The WebSocket wire: frames, compression, headers, flow control and the lean paths."""
