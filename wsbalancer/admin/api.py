@@ -27,7 +27,8 @@ from wsbalancer import __version__
 from wsbalancer.config import DEFAULT_POOL, ConfigError, _BackendSpec, _build_backend
 from wsbalancer.observe.logs import logger
 from wsbalancer.observe.worker_metrics import add_backend_figures
-from wsbalancer.service.workers import session_owner
+from wsbalancer.relay.ids import session_owner
+from wsbalancer.wire.peers import peer_host
 
 if TYPE_CHECKING:
     from wsbalancer.relay.balancer import Balancer
@@ -97,8 +98,6 @@ def backend_view(balancer: Balancer, b: BackendState) -> dict[str, Any]:
 
 def session_view(balancer: Balancer, s: RelaySession) -> dict[str, Any]:
     """One session as the API shows it."""
-    from wsbalancer.relay.session import peer_host
-
     return {
         "id": s.id,
         "client": peer_host(s.client),

@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from wsbalancer.admin.api import AdminApi, finish_later
+from wsbalancer.admin.gauges import FleetGauges
 from wsbalancer.admin.http import AdminSite
 from wsbalancer.observe.worker_metrics import merge_balancer_metrics, merge_prometheus
 from wsbalancer.relay.balancer import Balancer
@@ -287,6 +288,8 @@ def admin_site(balancer: Balancer, frontends: Any = None, workers: Any = None) -
         _put(root, metric_path, JSONResource(lambda: (200, balancer_metrics(balancer))))
     else:
         _put(root, metric_path, MergedMetricsResource(balancer, workers, metric_path))
+    # The scrape-time gauges join the balancer's counters in the registry /metrics serves.
+    balancer.metrics.registry.register(FleetGauges(balancer))
     root.putChild(b"metrics", PrometheusResource(balancer.metrics.registry, workers))
     root.putChild(b"api", AdminApi(balancer, frontends, workers))
     dashboard = DashboardResource(metric_path)

@@ -1,22 +1,12 @@
-"""Prometheus metrics: event counters updated as things happen, and gauges read from the
-balancer's state at scrape time (so the per-message path touches no metric object)."""
+"""Prometheus counters and histograms, updated as things happen. The gauges read at scrape
+time (backend state, traffic) are a collector the assembly adds to the same registry
+(`wsbalancer.admin.gauges`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from wsbalancer import __version__
-from wsbalancer.upstream.pool import CLOSED, HALF_OPEN, OPEN, UP
-
-if TYPE_CHECKING:
-    from wsbalancer.relay.balancer import Balancer
-
-BREAKER_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
 
 class BalancerMetrics:
@@ -96,80 +86,3 @@ class BalancerMetrics:
             ["reason"],
             registry=r,
         )
-
-    def attach(self, balancer: Balancer) -> None:
-        """Add the scrape-time gauges read from `balancer`."""
-        self.registry.register(_StateCollector(balancer))
-
-
-class _StateCollector(Collector):
-    def __init__(self, balancer: Balancer) -> None:
-        self.balancer = balancer
-
-    def collect(self) -> Iterator[Metric]:
-        b = self.balancer
-        now = b.clock.seconds()
-        active = GaugeMetricFamily(
-            "wsbalancer_sessions_active", "Open relayed sessions", labels=["backend"]
-        )
-        reported = GaugeMetricFamily(
-            "wsbalancer_backend_reported_connections",
-            "Connection count the backend last reported",
-            labels=["backend"],
-        )
-        estimate = GaugeMetricFamily(
-            "wsbalancer_backend_estimated_connections",
-            "Reported count plus local changes since",
-            labels=["backend"],
-        )
-        up = GaugeMetricFamily(
-            "wsbalancer_backend_up", "1 when the backend's health is up", labels=["backend"]
-        )
-        stale = GaugeMetricFamily(
-            "wsbalancer_backend_stale", "1 when the last metric fetch failed", labels=["backend"]
-        )
-        breaker = GaugeMetricFamily(
-            "wsbalancer_backend_breaker",
-            "Circuit breaker: 0 closed, 1 half-open, 2 open",
-            labels=["backend"],
-        )
-        picks = CounterMetricFamily(
-            "wsbalancer_picks", "Backends chosen for new sessions", labels=["backend"]
-        )
-        ejected = GaugeMetricFamily(
-            "wsbalancer_backend_ejected",
-            "1 while the backend is ejected for failing handshakes in a row",
-            labels=["backend"],
-        )
-        pools = GaugeMetricFamily(
-            "wsbalancer_backend_pool",
-            "1 for the pool each backend belongs to",
-            labels=["backend", "pool"],
-        )
-        for lane, backend in b.all_backends():
-            pool = lane.pool
-            label = [backend.id]
-            pools.add_metric([backend.id, lane.name], 1)
-            active.add_metric(label, backend.local_sessions)
-            if backend.reported is not None:
-                reported.add_metric(label, backend.reported)
-            estimate.add_metric(label, backend.estimate(now, pool.count_ttl))
-            up.add_metric(label, 1 if backend.health == UP else 0)
-            stale.add_metric(label, 1 if backend.stale else 0)
-            breaker.add_metric(label, BREAKER_VALUES[backend.breaker])
-            picks.add_metric(label, backend.picks)
-            outliers = pool.outliers
-            ejected.add_metric(label, 1 if outliers and outliers.is_ejected(backend.id) else 0)
-        messages = CounterMetricFamily(
-            "wsbalancer_messages", "Messages relayed", labels=["direction"]
-        )
-        octets = CounterMetricFamily(
-            "wsbalancer_message_bytes", "Message payload bytes relayed", labels=["direction"]
-        )
-        totals = b.traffic_totals()
-        messages.add_metric(["client_to_backend"], totals[0])
-        messages.add_metric(["backend_to_client"], totals[1])
-        octets.add_metric(["client_to_backend"], totals[2])
-        octets.add_metric(["backend_to_client"], totals[3])
-        yield from (active, reported, estimate, up, stale, breaker, ejected, picks)
-        yield from (messages, octets, pools)

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import hmac
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
+from zope.interface import implementer
 
 from wsbalancer.config import DEFAULT_POOL, BackendConfig, Config
 from wsbalancer.observe.counters import BalancerMetrics
 from wsbalancer.observe.logs import Lazy, logger
 from wsbalancer.relay import hooks as extensions
 from wsbalancer.relay.hooks import SessionRecorder
+from wsbalancer.relay.httpproxy import proxy_site
+from wsbalancer.relay.ids import session_ids as new_session_ids
+from wsbalancer.relay.interfaces import IFleetView, IProxyHost, ISessionEvents, ISessionListener
 from wsbalancer.relay.protocols import (
     BackendProtocol,
     FrontendProtocol,
@@ -26,7 +30,7 @@ from wsbalancer.relay.protocols import (
     HookedFrontendProtocol,
     RelayFactory,
 )
-from wsbalancer.relay.session import RelaySession, peer_host
+from wsbalancer.relay.session import RelaySession
 from wsbalancer.upstream.affinity import Affinity, new_secret
 from wsbalancer.upstream.dialer import BackendDialer
 from wsbalancer.upstream.outlier import OutlierDetector, OutlierState
@@ -34,6 +38,7 @@ from wsbalancer.upstream.pool import CLOSED, UP, BackendPool, BackendState
 from wsbalancer.upstream.routing import Lane, Router
 from wsbalancer.wire.compression import accept_deflate_offer, refuse_compression
 from wsbalancer.wire.lean import bake_options
+from wsbalancer.wire.peers import peer_host
 
 
 def _affinity_settings(config: Config) -> tuple[Any, ...]:
@@ -49,8 +54,10 @@ def _affinity_settings(config: Config) -> tuple[Any, ...]:
     )
 
 
+@implementer(ISessionEvents, IFleetView, IProxyHost)
 class Balancer:
-    """Everything one balancer process knows, independent of its listening sockets."""
+    """Everything one balancer process knows, independent of its listening sockets: the
+    pools (lanes), the live sessions (the registry sessions report to), their listeners."""
 
     log = logger("wsbalancer")
 
@@ -61,6 +68,7 @@ class Balancer:
         clock: Any = None,
         rng: Any = None,
         secret_seed: bytes | None = None,
+        session_ids: Iterator[int] | None = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
@@ -81,15 +89,16 @@ class Balancer:
         # Builds a count poller for a pool (set by the service assembly; None in unit tests).
         self.make_poller: Callable[[BackendPool], Any] | None = None
         self.sessions: dict[int, RelaySession] = {}
+        # Unique across a master and its workers (each worker is handed its own block).
+        self.session_ids = session_ids or new_session_ids()
         self.factories: list[RelayFactory] = []
         self.events: deque[tuple[float, str]] = deque(maxlen=50)  # for the dashboard
-        self.listeners: list[Any] = [SessionRecorder(self)]
+        self.listeners: list[Any] = [SessionRecorder(self.metrics, self.clock)]
         self.listeners += [extensions.load(name) for name in config.listeners]
         self.hooks: list[Any] = [extensions.load(name) for name in config.hooks]
         self.draining = False
         # Traffic of sessions already ended: msgs in, msgs out, bytes in, bytes out.
         self._ended_traffic = [0, 0, 0, 0]
-        self.metrics.attach(self)
 
     # --- pools ----------------------------------------------------------------------
 
@@ -185,7 +194,12 @@ class Balancer:
 
     def server_factory(self) -> RelayFactory:
         """An Autobahn server factory relaying to this balancer's backends."""
-        factory = RelayFactory(self)
+        factory = RelayFactory(
+            open_session=lambda client: RelaySession(self, client),
+            route=self.route,
+            handshake_outcome=self.handshake_outcome,
+            make_http_site=lambda: proxy_site(self),
+        )
         self._configure_factory(factory)
         factory.server = "wsbalancer"
         self.factories.append(factory)
@@ -193,6 +207,7 @@ class Balancer:
 
     def _configure_factory(self, factory: RelayFactory) -> None:
         config = self.config
+        factory.configure(config)
         keepalive = config.client_keepalive
         factory.setProtocolOptions(
             openHandshakeTimeout=config.client_handshake_timeout,
@@ -366,10 +381,11 @@ class Balancer:
 
     # --- events from sessions -------------------------------------------------------
 
-    def _notify(self, event: str, *args: Any) -> None:
+    def _tell(self, event: str, call: Callable[[ISessionListener], None]) -> None:
+        """Call every listener; one that fails is logged and the others still hear."""
         for listener in self.listeners:
             try:
-                getattr(listener, event)(*args)
+                call(listener)
             except Exception:
                 self.log.failure(
                     "session listener {listener} failed on {event}",
@@ -380,7 +396,7 @@ class Balancer:
     def session_opened(self, session: RelaySession) -> None:
         """The backend leg is open; the client is about to get its 101."""
         self.sessions[session.id] = session
-        self._notify("session_opened", session)
+        self._tell("session_opened", lambda listener: listener.session_opened(session))
 
     def backend_picked(self, session: RelaySession, backend: BackendState) -> None:
         """A backend was chosen for a session (first dial or failover)."""
@@ -397,7 +413,9 @@ class Balancer:
             ),
         )
         if len(self.listeners) > 1:
-            self._notify("backend_picked", session, backend.id)
+            self._tell(
+                "backend_picked", lambda listener: listener.backend_picked(session, backend.id)
+            )
 
     def session_ended(self, session: RelaySession) -> None:
         """Both legs are closed: count the session's traffic and tell the listeners."""
@@ -411,7 +429,7 @@ class Balancer:
         t[1] += session.msgs_out
         t[2] += session.bytes_in
         t[3] += session.bytes_out
-        self._notify("session_closed", session)
+        self._tell("session_closed", lambda listener: listener.session_closed(session))
 
     def failover_started(
         self, session: RelaySession, backend: BackendState | None, reason: str
@@ -431,7 +449,8 @@ class Balancer:
     def failover_done(self, session: RelaySession, error: str | None) -> None:
         """A failover ended: on a new backend (error None) or given up."""
         new = session.backend_state.id if error is None and session.backend_state else None
-        self._notify("failed_over", session, session.failover_from, new, error or "ok")
+        old, outcome = session.failover_from, error or "ok"
+        self._tell("failed_over", lambda listener: listener.failed_over(session, old, new, outcome))
 
     def handshake_outcome(self, outcome: str) -> None:
         """Count a client handshake's outcome (bounded set of labels)."""

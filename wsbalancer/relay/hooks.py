@@ -17,16 +17,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.python.reflect import namedAny
+from zope.interface import implementer
 
 from wsbalancer.observe.logs import logger
+from wsbalancer.relay.interfaces import IMessageHook, ISessionListener
+from wsbalancer.wire.peers import peer_host
 
 if TYPE_CHECKING:
-    from wsbalancer.relay.balancer import Balancer
+    from wsbalancer.observe.counters import BalancerMetrics
     from wsbalancer.relay.session import RelaySession
 
 Message = tuple[bytes, bool]  # payload, is_binary
 
 
+@implementer(ISessionListener)
 class SessionListener:
     """Subclass and override what you need; every method does nothing by default."""
 
@@ -45,6 +49,7 @@ class SessionListener:
         """Both legs are closed; the session's counters and close code are final."""
 
 
+@implementer(IMessageHook)
 class MessageHook:
     """Subclass and override a direction; returning None drops the message."""
 
@@ -72,16 +77,15 @@ class SessionRecorder(SessionListener):
 
     log = logger("wsbalancer.sessions")
 
-    def __init__(self, balancer: Balancer) -> None:
-        self.balancer = balancer
+    def __init__(self, metrics: BalancerMetrics, clock: Any) -> None:
+        self.metrics = metrics
+        self.clock = clock
 
     def session_opened(self, session: RelaySession) -> None:
-        from wsbalancer.relay.session import peer_host
-
-        metrics = self.balancer.metrics
+        metrics = self.metrics
         assert session.backend_state is not None
         metrics.sessions_opened.labels(session.backend_state.id).inc()
-        metrics.handshake_seconds.observe(self.balancer.clock.seconds() - session.started)
+        metrics.handshake_seconds.observe(self.clock.seconds() - session.started)
         self.log.info(
             "session {session} {peer} {path} opened on {backend} (subprotocol {subprotocol})",
             session=session.id,
@@ -94,7 +98,7 @@ class SessionRecorder(SessionListener):
     def failed_over(
         self, session: RelaySession, old_backend: str | None, new_backend: str | None, reason: str
     ) -> None:
-        metrics = self.balancer.metrics
+        metrics = self.metrics
         if new_backend is None:
             metrics.failover_outcomes.labels("gave_up").inc()
             self.log.warn(
@@ -113,12 +117,9 @@ class SessionRecorder(SessionListener):
             )
 
     def session_closed(self, session: RelaySession) -> None:
-        from wsbalancer.relay.session import peer_host
-
-        balancer = self.balancer
         backend_id = session.backend_id or "-"
         code = session.close_code
-        balancer.metrics.sessions_closed.labels(backend_id, str(code or 1005)).inc()
+        self.metrics.sessions_closed.labels(backend_id, str(code or 1005)).inc()
         self.log.info(
             "session {session} {peer} {path} on {backend} ended after {duration:.1f}s: "
             "close {code} {reason!r} by {by}; {msgs_in} msgs/{bytes_in} B in, "
@@ -127,7 +128,7 @@ class SessionRecorder(SessionListener):
             peer=peer_host(session.client),
             path=session.client.http_request_path,
             backend=backend_id,
-            duration=balancer.clock.seconds() - session.started,
+            duration=self.clock.seconds() - session.started,
             code=code,
             reason=session.close_reason,
             by=session.closed_by or "-",

@@ -8,6 +8,7 @@ The per-message path is the hot path: `onMessage` does a few counter updates and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,6 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
-from autobahn.websocket.protocol import WebSocketProtocol
 
 try:
     from twisted.internet.endpoints import _WrappingProtocol
@@ -24,26 +24,22 @@ except ImportError:  # a private class: without it, reads keep going through the
     _WrappingProtocol = None  # type: ignore[assignment,misc]
 
 from wsbalancer.observe.logs import logger
-from wsbalancer.relay.httpproxy import proxy_site
-from wsbalancer.relay.session import RelaySession, peer_host
+from wsbalancer.relay.interfaces import IRelaySession
 from wsbalancer.upstream.dialer import BackendConnectError, BackendHandshakeError
 from wsbalancer.wire.compression import forward_compressed, tune_compression
 from wsbalancer.wire.frames import FastFrames, prepare, receive
 from wsbalancer.wire.headers import parse_raw_headers, valid_host
 from wsbalancer.wire.lean import LeanReceive, LeanSend, shed_handshake
+from wsbalancer.wire.peers import peer_host
+from wsbalancer.wire.states import ALLOWED_CLOSE_CODES, CLOSED, NO_CLOSE_FRAME, OPEN
 
 if TYPE_CHECKING:
-    from wsbalancer.relay.balancer import Balancer
+    from wsbalancer.config import Config
     from wsbalancer.upstream.routing import Lane
 
 _log = logger("wsbalancer.relay")
 
 
-OPEN = WebSocketProtocol.STATE_OPEN
-CLOSED = WebSocketProtocol.STATE_CLOSED
-# 1014 (Bad Gateway) is registered with IANA; a backend or a balancer in front may send it.
-ALLOWED_CLOSE_CODES = [*WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED, 1014]
-NO_CLOSE_FRAME = 1006
 WEBSOCKET_VERSION = "13"  # RFC 6455; the only Sec-WebSocket-Version a client is accepted with
 
 
@@ -51,7 +47,7 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
     """The client leg."""
 
     CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES
-    session: RelaySession | None = None
+    session: IRelaySession | None = None
     partner: BackendProtocol | None = None
     _isMessageCompressed = False  # Autobahn sets it per message
     # Nothing inspects or changes this leg's messages (False with hooks), so they may be
@@ -88,7 +84,7 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
     def processHandshake(self) -> None:
         if self._handshake_pending:
             return  # bytes after the request wait until the backend has answered
-        limit = self.factory.balancer.config.max_header_bytes
+        limit = self.factory.max_header_bytes
         end = self.data.find(b"\r\n\r\n")
         if limit and ((end < 0 and len(self.data) > limit) or end + 4 > limit):
             self.failHandshake("request header fields too large", 431)
@@ -112,7 +108,7 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
             self.failHandshake("malformed Host header", 400)
             return False
         headers = {name.lower(): value for name, value in pairs}
-        lane = self.factory.balancer.route(parts[1], headers.get("host"))
+        lane = self.factory.route(parts[1], headers.get("host"))
         if lane is None:
             path = parts[1].split("?", 1)[0]
             self.failHandshake(f"no route for {path}", 404)
@@ -155,7 +151,7 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
             self.openHandshakeTimeoutCall = None
         self.wasClean = True  # no WebSocket close is owed to this client
         channel = self.factory.http_site().buildProtocol(self.transport.getPeer())
-        channel.totalHeadersSize = self.factory.balancer.config.max_header_bytes or 16384
+        channel.totalHeadersSize = self.factory.max_header_bytes or 16384
         self.http_channel = channel
         channel.makeConnection(self.transport)
         data, self.data = self.data, b""
@@ -163,13 +159,13 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
 
     def onConnect(self, request: Any) -> Any:
         self._handshake_pending = True
-        self.session = RelaySession(self.factory.balancer, self)
+        self.session = self.factory.open_session(self)
         return self.session.start(request)
 
     def onOpen(self) -> None:
         self._handshake_pending = False
         shed_handshake(self)  # the session took what it needs of the request
-        tune_compression(self, self.factory.balancer.config.compression_level)
+        tune_compression(self, self.factory.compression_level)
         prepare(self)
         if self.session is not None:
             self.session.client_opened()
@@ -228,7 +224,7 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
         headers = list(responseHeaders or [])
         if code == 426:
             headers.append(("Upgrade", "websocket"))
-        self.factory.balancer.handshake_outcome(f"refused_{code}")
+        self.factory.handshake_outcome(f"refused_{code}")
         self.sendHttpErrorResponse(code, reason, headers)
         self.wasClean = True  # answered and logged above; spare Autobahn's second warning
         self.dropConnection(abort=False)
@@ -254,7 +250,7 @@ class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol
 
     CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES
     dial: Any = None
-    session: RelaySession | None = None
+    session: IRelaySession | None = None
     partner: FrontendProtocol | None = None
     _isMessageCompressed = False  # Autobahn sets it per message
     # Nothing inspects or changes this leg's messages (False with hooks), so they may be
@@ -276,7 +272,7 @@ class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol
 
     def onOpen(self) -> None:
         self.factory = self.dial.shared_factory  # the dial's copy served the handshake only
-        tune_compression(self, self.dial.session.balancer.config.compression_level)
+        tune_compression(self, self.dial.session.compression_level)
         prepare(self)
         unwrap(self)
         self.dial.opened(self)
@@ -396,7 +392,7 @@ def run_hooks(leg: Any, direction: str, payload: bytes, is_binary: bool) -> Any:
     """The message after every hook, or None when one dropped it (or failed)."""
     session = leg.session
     message: Any = (payload, is_binary)
-    for hook in session.balancer.hooks:
+    for hook in session.hooks:
         try:
             message = getattr(hook, direction)(session, *message)
         except Exception:
@@ -410,14 +406,31 @@ def run_hooks(leg: Any, direction: str, payload: bytes, is_binary: bool) -> Any:
 
 
 class RelayFactory(WebSocketServerFactory):
-    """The client-facing factory; shared by every listen endpoint."""
+    """The client-facing factory; shared by every listen endpoint.
+
+    Its protocols read their options here and open their sessions through it; what it is
+    given (`open_session`, `route`, `handshake_outcome`, `make_http_site`) is wired by the
+    balancer, so a leg never reaches past its factory."""
 
     protocol = FrontendProtocol
 
-    def __init__(self, balancer: Balancer) -> None:
+    def __init__(
+        self,
+        open_session: Callable[[FrontendProtocol], IRelaySession],
+        route: Callable[[str, str | None], Lane | None],
+        handshake_outcome: Callable[[str], None],
+        make_http_site: Callable[[], Any],
+    ) -> None:
         super().__init__()
-        self.balancer = balancer
+        self.open_session = open_session
+        self.route = route
+        self.handshake_outcome = handshake_outcome
+        self.make_http_site = make_http_site
         self.noisy = False
+        self.max_header_bytes = 0
+        self.compression_level = 0
+        self.max_connections = 0
+        self.max_connections_per_ip = 0
         # Clients admitted under the limits: sessions open plus handshakes in flight (their
         # request read, the backend being dialled), in all and by address. Connections still
         # sending their request are not counted: a burst is admitted up to the limit, in the
@@ -427,21 +440,27 @@ class RelayFactory(WebSocketServerFactory):
         self.per_ip: dict[str, int] = {}
         self._http_site: Any = None
 
+    def configure(self, config: Config) -> None:
+        """Take the options the legs read from `config` (at start and on each reload)."""
+        self.max_header_bytes = config.max_header_bytes
+        self.compression_level = config.compression_level
+        self.max_connections = config.max_connections
+        self.max_connections_per_ip = config.max_connections_per_ip
+
     def http_site(self) -> Any:
         """The twisted.web site that proxies plain-HTTP requests (built on first use)."""
         if self._http_site is None:
-            self._http_site = proxy_site(self.balancer)
+            self._http_site = self.make_http_site()
         return self._http_site
 
     def admit(self, protocol: FrontendProtocol) -> tuple[int, str] | None:
         """Count a client whose request head is complete under `limits.max_connections` and
         `limits.max_connections_per_ip`; (status, reason) instead when it is over one."""
-        config = self.balancer.config
         host = peer_host(protocol)
-        per_ip = config.max_connections_per_ip
+        per_ip = self.max_connections_per_ip
         if per_ip and self.per_ip.get(host, 0) >= per_ip:
             return 429, "too many connections from this address"
-        if config.max_connections and self.admitted >= config.max_connections:
+        if self.max_connections and self.admitted >= self.max_connections:
             return 503, "maximum number of connections reached"
         self.admitted += 1
         self.per_ip[host] = self.per_ip.get(host, 0) + 1

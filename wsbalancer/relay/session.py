@@ -16,19 +16,18 @@ after the last message it sent back, an upper bound for request/response traffic
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from wsbalancer.config import DEFAULT_POOL
+from wsbalancer.relay.interfaces import IRelaySession, ISessionEvents
 from wsbalancer.relay.splice import (
     attach_backend,
     client_offers,
@@ -39,30 +38,28 @@ from wsbalancer.relay.splice import (
 )
 from wsbalancer.upstream.affinity import new_nonce
 from wsbalancer.upstream.dialer import BackendConnectError, BackendHandshakeError, backend_resource
+from wsbalancer.wire.flow import pair_flow, resume, unpair
 from wsbalancer.wire.headers import backend_request_headers, parse_raw_headers, pass_back_headers
 from wsbalancer.wire.lean import shed_handshake
+from wsbalancer.wire.peers import peer_host
+from wsbalancer.wire.states import (
+    CLOSE_BAD_GATEWAY,
+    CLOSE_GOING_AWAY,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN,
+    CLOSED,
+    NO_CLOSE_FRAME,
+    NOT_ON_WIRE,
+    OPEN,
+)
 
 if TYPE_CHECKING:
-    from wsbalancer.relay.balancer import Balancer
     from wsbalancer.relay.protocols import BackendProtocol, FrontendProtocol
     from wsbalancer.upstream.pool import BackendState
     from wsbalancer.upstream.routing import Lane
 
-OPEN = WebSocketProtocol.STATE_OPEN
-CLOSED = WebSocketProtocol.STATE_CLOSED
-# Codes that can never appear on the wire; each is translated when carried across.
-NOT_ON_WIRE = (1005, 1006, 1015)
-NO_CLOSE_FRAME = 1006
-
-CLOSE_GOING_AWAY = 1001
-CLOSE_TOO_BIG = 1009
-CLOSE_TRY_AGAIN = 1013
-CLOSE_BAD_GATEWAY = 1014
-
 GATEWAY_TIMEOUT = 504
 NO_ANSWER_IN_TIME = "no backend answered in time"
-
-_session_ids = itertools.count(1)
 
 
 class NoBackendError(Exception):
@@ -77,8 +74,12 @@ class NoBackendError(Exception):
         self.reached = reached  # some backend answered, but not with a usable session
 
 
+@implementer(IRelaySession)
 class RelaySession:
-    """One client's session: its two legs, the backend it sits on, its counters."""
+    """One client's session: its two legs, the backend it sits on, its counters.
+
+    It is made by the client-facing factory (`RelayFactory.open_session`) when a client's
+    request has been read, and reports to `balancer`, the registry it belongs to."""
 
     __slots__ = (
         "balancer",
@@ -115,9 +116,9 @@ class RelaySession:
         "last_backend",
     )
 
-    def __init__(self, balancer: Balancer, client: FrontendProtocol) -> None:
+    def __init__(self, balancer: ISessionEvents, client: FrontendProtocol) -> None:
         self.balancer = balancer
-        self.id = next(_session_ids)
+        self.id: int = next(balancer.session_ids)
         self.client = client
         self.backend: BackendProtocol | None = None
         self.backend_state: BackendState | None = None
@@ -146,6 +147,16 @@ class RelaySession:
         self.lane: Lane = client.lane or balancer.lanes[DEFAULT_POOL]  # the session's pool
         self.spliced = False  # frames forwarded as they are (splice.py)
         self.last_backend: str | None = None  # kept when the backend is let go of
+
+    @property
+    def hooks(self) -> list[Any]:
+        """The message hooks this session's messages pass, in order."""
+        return self.balancer.hooks  # type: ignore[no-any-return]
+
+    @property
+    def compression_level(self) -> int:
+        """The zlib level the legs compress with."""
+        return self.balancer.config.compression_level  # type: ignore[no-any-return]
 
     # --- opening ------------------------------------------------------------------
 
@@ -353,7 +364,7 @@ class RelaySession:
         self.opened = True
         self.balancer.handshake_outcome("ok")
         if self.backend is not None:
-            _pair_flow(self.client, self.backend)
+            pair_flow(self.client, self.backend)
             if self.wants_splice():
                 engage(self)
 
@@ -473,7 +484,7 @@ class RelaySession:
             if self.spliced:
                 attach_backend(self, self.backend)
             self._flush_held()
-            _pair_flow(self.client, self.backend)
+            pair_flow(self.client, self.backend)
             balancer.failover_done(self, None)
             return
         self.reconnecting = False
@@ -514,13 +525,7 @@ class RelaySession:
             outward = self.client.splice_out
             if outward is not None:
                 outward.backend_lost()
-            client_transport: Any = self.client.transport
-            if client_transport is not None:
-                try:
-                    client_transport.unregisterProducer()
-                except Exception:
-                    pass
-                _resume(self.client)
+            unpair(self.client)
         leg.partner = None
 
     def _drop_backend_leg(self, leg: BackendProtocol, reason: str) -> None:
@@ -631,7 +636,7 @@ class RelaySession:
         backend = self.backend
         if backend is None:
             return
-        _resume(backend)
+        resume(backend)
         if backend.state == OPEN:
             code = _wire_code(code)
             if code == CLOSE_BAD_GATEWAY:
@@ -647,13 +652,6 @@ def _pinned(backend: BackendState | None, tried: list[str]) -> BackendState | No
     return backend
 
 
-def peer_host(protocol: Any) -> str:
-    """The client's address as it goes into X-Forwarded-For and the logs."""
-    transport = protocol.transport
-    peer = transport.getPeer() if transport is not None else None
-    return getattr(peer, "host", None) or "unix"
-
-
 def _wire_code(code: int | None) -> int | None:
     return CLOSE_BAD_GATEWAY if code in NOT_ON_WIRE else code
 
@@ -663,47 +661,3 @@ def _reason_bytes(code: int | None, reason: bytes | str | None) -> bytes | None:
         return None
     data = reason.encode("utf-8") if isinstance(reason, str) else reason
     return data[:123]
-
-
-@implementer(IPushProducer)
-class _Pacer:
-    """Lets one leg's full write buffer pause the other leg's reads.
-
-    A transport registered directly would be stopped (disconnected) when its consumer's
-    connection ends; the session decides how the other leg ends, so stop does nothing."""
-
-    __slots__ = ("transport",)
-
-    def __init__(self, transport: Any) -> None:
-        self.transport = transport
-
-    def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        pass
-
-
-def _pair_flow(client: Any, backend: Any) -> None:
-    # A full write buffer on one side pauses reads on the other (bounded memory).
-    for consumer_side, producer_side in ((client, backend), (backend, client)):
-        consumer, producer = consumer_side.transport, producer_side.transport
-        if consumer is None or producer is None:
-            continue
-        try:
-            consumer.registerProducer(_Pacer(producer), True)
-        except RuntimeError:
-            pass  # already disconnecting, or paired: nothing to add
-
-
-def _resume(protocol: Any) -> None:
-    # A leg paused because its partner could not keep up must read again to see its close.
-    transport = protocol.transport
-    if transport is not None:
-        try:
-            transport.resumeProducing()
-        except Exception:
-            pass

@@ -22,21 +22,18 @@ the client asked for) stays in message mode, which translates.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from autobahn.websocket.compress_deflate import (
     PerMessageDeflate,
     PerMessageDeflateOffer,
     PerMessageDeflateOfferAccept,
 )
-from autobahn.websocket.protocol import WebSocketProtocol
 
+from wsbalancer.relay.interfaces import IRelaySession
 from wsbalancer.wire.lean import restart_ping_timeout, write_now
+from wsbalancer.wire.states import OPEN
 
-if TYPE_CHECKING:
-    from wsbalancer.relay.session import RelaySession
-
-OPEN = WebSocketProtocol.STATE_OPEN
 _DEFLATE_PARAMS = (
     "server_no_context_takeover",
     "client_no_context_takeover",
@@ -61,7 +58,7 @@ class SpliceDirection:
         "drop_after",
     )
 
-    def __init__(self, session: RelaySession, source: Any, to_backend: bool) -> None:
+    def __init__(self, session: IRelaySession, source: Any, to_backend: bool) -> None:
         self.session = session
         self.source = source
         self.to_backend = to_backend
@@ -303,7 +300,7 @@ def fails_over_cleanly(client: Any) -> bool:
     return pmce is None or bool(pmce.client_no_context_takeover)
 
 
-def engage(session: RelaySession) -> bool:
+def engage(session: IRelaySession) -> bool:
     """Splice a session whose legs are both open; False (message mode stays) when they
     negotiated different extensions."""
     client, backend = session.client, session.backend
@@ -321,7 +318,7 @@ def engage(session: RelaySession) -> bool:
     return True
 
 
-def attach_backend(session: RelaySession, backend: Any) -> None:
+def attach_backend(session: IRelaySession, backend: Any) -> None:
     """Splice a (new) backend leg into a spliced session."""
     inward = SpliceDirection(session, backend, to_backend=False)
     backend.splice_out = inward

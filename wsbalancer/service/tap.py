@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from treq.client import HTTPClient
@@ -387,7 +387,10 @@ def idle_sweeper(balancer: Balancer, period: float) -> TimerService:
 
 
 def build_service(
-    config: Config, reactor: Any, worker_spec: dict[str, Any] | None = None
+    config: Config,
+    reactor: Any,
+    worker_spec: dict[str, Any] | None = None,
+    session_ids: Iterator[int] | None = None,
 ) -> BalancerService:
     """The whole balancer as a MultiService, for twistd or for embedding.
 
@@ -395,7 +398,12 @@ def build_service(
     configuration from (`{"config": path, "overrides": [...], "backends": [...]}`)."""
     logs.set_level(config.log_level, config.log_library_level)
     seed = (worker_spec or {}).get("secret_seed")
-    balancer = Balancer(config, reactor, secret_seed=bytes.fromhex(seed) if seed else None)
+    balancer = Balancer(
+        config,
+        reactor,
+        secret_seed=bytes.fromhex(seed) if seed else None,
+        session_ids=session_ids,
+    )
     top = BalancerService(balancer)
     factory = balancer.server_factory()
     for description in config.listen:
@@ -403,7 +411,9 @@ def build_service(
         listener.setServiceParent(top)
         top.listeners.append(listener)
     if config.workers > 1 and worker_spec is not None and config.listen:
-        top.workers = WorkerPool(top, config.workers, worker_spec, reactor)
+        top.workers = WorkerPool(
+            top.listeners, balancer.secret_seed, config.workers, worker_spec, reactor
+        )
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool._factory = _QuietHTTPFactory

@@ -9,7 +9,6 @@ stdin closes).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -29,10 +28,10 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from wsbalancer.config import Config, load
 from wsbalancer.observe.logs import json_observer, process_predicate, text_observer
-from wsbalancer.relay import session as session_module
+from wsbalancer.relay.ids import session_ids
 from wsbalancer.service.tap import BalancerService, build_service
 from wsbalancer.service.tlsreload import server_endpoint
-from wsbalancer.service.workers import SESSION_ID_BLOCK, WORKER_ENV
+from wsbalancer.service.workers import WORKER_ENV
 
 _log = Logger("wsbalancer.worker")
 
@@ -142,8 +141,7 @@ def main() -> None:
     index = int(spec["index"])
     config = worker_config(spec)
     _start_logging(config, index)
-    session_module._session_ids = itertools.count(index * SESSION_ID_BLOCK + 1)
-    service = build_service(config, reactor, spec)
+    service = build_service(config, reactor, spec, session_ids=session_ids(index))
     service.reload_source = lambda: worker_config(spec)
     assert service.admin is not None
     service.admin.factory.log = lambda request: None  # the master's calls, not worth a line each

@@ -29,7 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from treq.client import HTTPClient
 from twisted.application.service import Service
@@ -42,13 +42,9 @@ from zope.interface import implementer
 
 from wsbalancer.observe.logs import logger
 
-if TYPE_CHECKING:
-    from wsbalancer.service.tap import BalancerService
-
 _log = logger("wsbalancer.workers")
 
 WORKER_ENV = "WSBALANCER_WORKER"
-SESSION_ID_BLOCK = 10**12  # worker i numbers its sessions from i * SESSION_ID_BLOCK + 1
 # Environment a worker must not inherit: systemd's readiness socket and socket-activation
 # variables belong to the master alone.
 _MASTER_ONLY_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", WORKER_ENV)
@@ -67,11 +63,6 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-def session_owner(session_id: int) -> int:
-    """The worker whose session this is."""
-    return session_id // SESSION_ID_BLOCK
 
 
 class _QuietHTTPFactory(_HTTP11ClientFactory):
@@ -123,8 +114,16 @@ class WorkerPool(Service):
     """The master's worker processes: started, restarted, told about admin changes, asked
     for their metrics, drained."""
 
-    def __init__(self, top: BalancerService, count: int, spec: dict[str, Any], reactor: Any):
-        self.top = top
+    def __init__(
+        self,
+        listeners: list[Any],
+        secret_seed: bytes,
+        count: int,
+        spec: dict[str, Any],
+        reactor: Any,
+    ):
+        self.listeners = listeners  # the master's listening sockets, which workers share
+        self.secret_seed = secret_seed  # workers derive the same affinity keys from it
         self.count = count
         self.spec = spec  # what a worker loads its configuration from (file, overrides)
         self.reactor = reactor
@@ -159,7 +158,7 @@ class WorkerPool(Service):
             return
         fds: dict[int, Any] = {0: "w", 1: "r", 2: 2}
         listens = []
-        for n, listener in enumerate(self.top.listeners):
+        for n, listener in enumerate(self.listeners):
             port = listener.port
             fd = 3 + n
             fds[fd] = port.fileno()
@@ -171,7 +170,7 @@ class WorkerPool(Service):
             "index": index,
             "listens": listens,
             "admin": self.socket_path(index),
-            "secret_seed": self.top.balancer.secret_seed.hex(),  # the same affinity keys
+            "secret_seed": self.secret_seed.hex(),  # the same affinity keys
         }
         env = {k: v for k, v in os.environ.items() if k not in _MASTER_ONLY_ENV}
         env[WORKER_ENV] = json.dumps(spec)

@@ -37,10 +37,10 @@ from autobahn.websocket.protocol import WebSocketProtocol
 
 from wsbalancer.observe.logs import logger
 from wsbalancer.wire.lean import SMALL_FRAME, _native_masker, queued_bytes, write_now
+from wsbalancer.wire.states import OPEN
 
 _log = logger("wsbalancer.relay")
 
-OPEN = WebSocketProtocol.STATE_OPEN
 GROUND = WebSocketProtocol.SEND_STATE_GROUND
 FAST_FRAME_MAX = 0xFFFF  # 7- and 16-bit lengths; longer frames stream through Autobahn
 # A frame still arriving is kept whole (one bytes object per read) only while it is small;
