@@ -253,7 +253,7 @@ async def test_websocket_follows_the_cookie_and_a_removed_backend_repins_silentl
         # The pinned backend is removed by a reload: the next session re-pins, no error.
         config = lb.balancer.config
         kept = tuple(b for b in config.backends if b.id != pinned)
-        lb.balancer.apply_config(replace(config, backends=kept))
+        lb.balancer.reconfigure(replace(config, backends=kept))
         ws = await aio(
             websockets.connect(lb.ws_url("/chat"), additional_headers={"Cookie": cookie})
         )
@@ -485,7 +485,7 @@ routes: [{{path: /beta, pool: beta}}]
         assert [h["path"] for h in a1.backend.handshakes] == ["/else"]
         assert lb.balancer.lanes["beta"].poller is not None  # polled like the others
         # dropping the pool again: its route goes, its traffic falls to the default pool
-        changes = lb.balancer.apply_config(replace(lb.balancer.config, pools=(), routes=()))
+        changes = lb.balancer.reconfigure(replace(lb.balancer.config, pools=(), routes=()))
         assert "removed pool beta" in changes
         ws = await aio(websockets.connect(lb.ws_url("/beta/y")))
         await aio(ws.close())

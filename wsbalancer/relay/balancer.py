@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from zope.interface import implementer
 
 from wsbalancer.config import DEFAULT_POOL, BackendConfig, Config
+from wsbalancer.config.interfaces import IReconfigurable
 from wsbalancer.observe.counters import BalancerMetrics
 from wsbalancer.observe.logs import Lazy, logger
 from wsbalancer.relay import hooks as extensions
@@ -54,7 +55,7 @@ def _affinity_settings(config: Config) -> tuple[Any, ...]:
     )
 
 
-@implementer(ISessionEvents, IFleetView, IProxyHost)
+@implementer(ISessionEvents, IFleetView, IProxyHost, IReconfigurable)
 class Balancer:
     """Everything one balancer process knows, independent of its listening sockets: the
     pools (lanes), the live sessions (the registry sessions report to), their listeners."""
@@ -230,7 +231,7 @@ class Balancer:
 
     # --- reload and drain -------------------------------------------------------------
 
-    def apply_config(self, new: Config) -> list[str]:
+    def reconfigure(self, new: Config) -> list[str]:
         """Apply a re-read configuration to the running balancer; returns what changed.
 
         Backends are added, re-weighted or removed; a removed backend takes no new sessions

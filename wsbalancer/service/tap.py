@@ -30,6 +30,7 @@ from zope.interface import implementer
 from wsbalancer import __version__
 from wsbalancer.admin.site import admin_site
 from wsbalancer.config import DEFAULT_POOL, Config, ConfigError, load
+from wsbalancer.config.interfaces import IReconfigurable
 from wsbalancer.observe import logs
 from wsbalancer.relay.balancer import Balancer
 from wsbalancer.service.notify import sd_notify
@@ -157,6 +158,26 @@ class Frontends:
         log.info("frontends resumed")
 
 
+@implementer(IReconfigurable)
+class LogLevels:
+    """`log.level` and `log.library_level`, as a reload changes them."""
+
+    def __init__(self, config: Config) -> None:
+        self.levels = (config.log_level, config.log_library_level)
+
+    def reconfigure(self, new: Config) -> list[str]:
+        old, self.levels = self.levels, (new.log_level, new.log_library_level)
+        changes = []
+        if new.log_level != old[0]:
+            changes.append(f"log level now {new.log_level}")
+        if new.log_library_level != old[1]:
+            changes.append(f"library log level now {new.log_library_level}")
+        if self.levels != old:
+            logs.set_level(new.log_level, new.log_library_level)
+        return changes
+
+
+@implementer(IReconfigurable)
 class BalancerService(MultiService):
     """The balancer's services: listeners, the count poller, the admin site."""
 
@@ -178,6 +199,9 @@ class BalancerService(MultiService):
         self.frontends: Frontends | None = None  # what the admin API pauses and resumes
         self.poll_timer: TimerService | None = None  # balancing.poll_interval
         self.idle_sweeper: TimerService | None = None  # timeouts.idle (none while it is 0)
+        # What a reload walks, in order (set by build_service): each part applies the new
+        # configuration to itself and says what changed.
+        self.reconfigurables: list[IReconfigurable] = []
 
     def privilegedStartService(self) -> None:
         # twistd binds ports here, before it drops privileges.
@@ -235,22 +259,14 @@ class BalancerService(MultiService):
         except ConfigError as e:
             log.error("reload rejected, the running configuration stays: {error}", error=str(e))
             return certificates
-        old = self.balancer.config
-        changes = certificates + self.balancer.apply_config(new)
-        if new.log_level != old.log_level:
-            changes.append(f"log level now {new.log_level}")
-        if new.log_library_level != old.log_library_level:
-            changes.append(f"library log level now {new.log_library_level}")
-        if (new.log_level, new.log_library_level) != (old.log_level, old.log_library_level):
-            logs.set_level(new.log_level, new.log_library_level)
-        if self.discovery is not None:
-            changes += self.discovery.apply(new)
-        changes += self._retime(new)
+        changes = certificates
+        for part in self.reconfigurables:  # in order: the balancer's own changes first
+            changes += part.reconfigure(new)
         self.balancer.event("configuration reloaded: " + ("; ".join(changes) or "no change"))
         log.info("configuration reloaded: {changes}", changes="; ".join(changes) or "no change")
         return changes
 
-    def _retime(self, new: Config) -> list[str]:
+    def reconfigure(self, new: Config) -> list[str]:
         """Re-time the poll and idle-sweep timers whose period a reload changed."""
         changes = []
         timer = self.poll_timer
@@ -457,6 +473,7 @@ def build_service(
     top.admin = admin
     if top.workers is not None:
         top.workers.setServiceParent(top)  # last: the listening sockets exist by then
+    top.reconfigurables = [balancer, LogLevels(config), discovery, top]
     return top
 
 

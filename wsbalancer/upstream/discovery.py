@@ -18,9 +18,11 @@ from typing import Any, Protocol
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.names import client, dns
+from zope.interface import implementer
 
 from wsbalancer.config import DEFAULT_POOL, BackendConfig
 from wsbalancer.config.discovery import DiscoverySource, backend_for
+from wsbalancer.config.interfaces import IReconfigurable
 from wsbalancer.observe.logs import logger
 
 # Retry timeouts of one DNS query (seconds each): a dead server is given up on in 4 s.
@@ -385,6 +387,7 @@ class DiscoveryService(MultiService):
         return changes
 
 
+@implementer(IReconfigurable)
 class PoolDiscovery(MultiService):
     """Discovery for every pool of the balancer: one `DiscoveryService` per pool with
     sources, applied again (started, stopped, handed over) on each reload."""
@@ -401,7 +404,7 @@ class PoolDiscovery(MultiService):
         """Every running source, of every pool."""
         return {s: r for service in self.pools.values() for s, r in service.sources.items()}
 
-    def apply(self, config: Any) -> list[str]:
+    def reconfigure(self, config: Any) -> list[str]:
         """Run exactly the sources of `config`'s pools; a pool that is gone stops its own
         (its discovered backends are removed as the pool's others are)."""
         wanted = {pool.pool_name: pool.discovery for pool in config.all_pools()}
@@ -444,5 +447,5 @@ def balancer_discovery(balancer: Any, reactor: Any) -> PoolDiscovery:
             balancer.event(f"discovery {source.label} lookup failed")
 
     service = PoolDiscovery(balancer, reactor, counted)
-    service.apply(balancer.config)
+    service.reconfigure(balancer.config)
     return service
