@@ -26,9 +26,7 @@ from wsbalancer.relay.ids import session_ids as new_session_ids
 from wsbalancer.relay.interfaces import IFleetView, IProxyHost, ISessionEvents, ISessionListener
 from wsbalancer.relay.protocols import (
     BackendProtocol,
-    FrontendProtocol,
     HookedBackendProtocol,
-    HookedFrontendProtocol,
     RelayFactory,
 )
 from wsbalancer.relay.session import RelaySession
@@ -37,8 +35,6 @@ from wsbalancer.upstream.dialer import BackendDialer
 from wsbalancer.upstream.outlier import OutlierDetector, OutlierState
 from wsbalancer.upstream.pool import CLOSED, UP, BackendPool, BackendState
 from wsbalancer.upstream.routing import Lane, Router
-from wsbalancer.wire.compression import accept_deflate_offer, refuse_compression
-from wsbalancer.wire.lean import bake_options
 from wsbalancer.wire.peers import peer_host
 
 
@@ -207,27 +203,7 @@ class Balancer:
         return factory
 
     def _configure_factory(self, factory: RelayFactory) -> None:
-        config = self.config
-        factory.configure(config)
-        keepalive = config.client_keepalive
-        factory.setProtocolOptions(
-            openHandshakeTimeout=config.client_handshake_timeout,
-            closeHandshakeTimeout=config.close_timeout,
-            autoPingInterval=keepalive.ping_interval,
-            autoPingTimeout=keepalive.pong_timeout,
-            maxMessagePayloadSize=config.max_message_size,
-            maxFramePayloadSize=config.max_frame_size,
-            maxConnections=0,  # relay.py admits up to limits.max_connections (RelayFactory.admit)
-            failByDrop=False,
-            echoCloseCodeReason=True,
-            webStatus=False,
-            tcpNoDelay=True,
-            perMessageCompressionAccept=(
-                accept_deflate_offer if config.compression else refuse_compression
-            ),
-        )
-        base = HookedFrontendProtocol if self.hooks else FrontendProtocol
-        factory.protocol = bake_options(base, factory)  # type: ignore[assignment]
+        factory.configure(self.config, hooked=bool(self.hooks))
 
     # --- reload and drain -------------------------------------------------------------
 

@@ -26,10 +26,16 @@ except ImportError:  # a private class: without it, reads keep going through the
 from wsbalancer.observe.logs import logger
 from wsbalancer.relay.interfaces import IRelaySession
 from wsbalancer.upstream.dialer import BackendConnectError, BackendHandshakeError
-from wsbalancer.wire.compression import forward_compressed, tune_compression
+from wsbalancer.wire.compression import (
+    accept_deflate_offer,
+    forward_compressed,
+    refuse_compression,
+    tune_compression,
+)
 from wsbalancer.wire.frames import FastFrames, prepare, receive
 from wsbalancer.wire.headers import parse_raw_headers, valid_host
-from wsbalancer.wire.lean import LeanReceive, LeanSend, shed_handshake
+from wsbalancer.wire.lean import LeanReceive, LeanSend, bake_options, shed_handshake
+from wsbalancer.wire.options import leg_options
 from wsbalancer.wire.peers import peer_host
 from wsbalancer.wire.states import ALLOWED_CLOSE_CODES, CLOSED, NO_CLOSE_FRAME, OPEN
 
@@ -43,20 +49,24 @@ _log = logger("wsbalancer.relay")
 WEBSOCKET_VERSION = "13"  # RFC 6455; the only Sec-WebSocket-Version a client is accepted with
 
 
-class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtocol):  # type: ignore[misc]
-    """The client leg."""
+class RelayLeg(FastFrames, LeanReceive, LeanSend):
+    """What both legs share: where a read goes (splice, the fast frame path, Autobahn's
+    parser), how a message is forwarded to the partner leg, and how a valid close frame
+    reaches the session. Each leg says what its events mean to the session."""
 
     CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES
     session: IRelaySession | None = None
-    partner: BackendProtocol | None = None
+    partner: Any = None  # the other leg, while both are open
     _isMessageCompressed = False  # Autobahn sets it per message
     # Nothing inspects or changes this leg's messages (False with hooks), so they may be
     # forwarded as they came: compressed bytes kept, frames relayed by frames.py directly.
     forwards_as_is = True
-    _handshake_pending = False
-    holds_slot = False  # counted under limits.max_connections(_per_ip) until the connection ends
-    lane: Lane | None = None  # the pool the request was routed to
-    http_channel: Any = None  # set when the connection is handed to the HTTP proxy
+    # Autobahn's, declared for the type checker (WebSocketProtocol sets them)
+    state: int
+    current_frame: Any
+    inside_message: bool
+    remoteCloseCode: int | None
+    _dataReceived: Callable[[bytes], None]
 
     def dataReceived(self, data: bytes) -> None:
         splice = self.splice_out
@@ -67,10 +77,47 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
             if not self.inside_message:
                 receive(self, data)
                 return
+        self.parse(data)
+
+    def parse(self, data: bytes) -> None:
+        """Bytes the fast paths do not take: Autobahn's parser, without its per-read debug
+        formatting (its arguments are built even with debug off)."""
+        self._dataReceived(data)
+
+    def forward(self, partner: Any, payload: bytes, is_binary: bool) -> None:
+        """Send a message on to the partner leg, still compressed when both legs allow."""
+        if not (
+            self._isMessageCompressed
+            and self.forwards_as_is
+            and forward_compressed(self, partner, is_binary)
+        ):
+            partner.sendMessage(payload, is_binary)
+
+    def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
+        was_open = self.state == OPEN
+        failed = super().onCloseFrame(code, reasonRaw)  # type: ignore[misc]
+        if not failed and was_open and self.session is not None:
+            self.closed_by_peer(self.session, self.remoteCloseCode, reasonRaw)
+        return failed
+
+    def closed_by_peer(self, session: IRelaySession, code: int | None, reason: bytes) -> None:
+        """This leg's peer sent a valid close frame."""
+        raise NotImplementedError
+
+
+class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
+    """The client leg."""
+
+    partner: BackendProtocol | None = None
+    _handshake_pending = False
+    holds_slot = False  # counted under limits.max_connections(_per_ip) until the connection ends
+    lane: Lane | None = None  # the pool the request was routed to
+    http_channel: Any = None  # set when the connection is handed to the HTTP proxy
+
+    def parse(self, data: bytes) -> None:
         if self.http_channel is not None:
             self.http_channel.dataReceived(data)
             return
-        # Skip Autobahn's per-read debug formatting (its arguments are built even with debug off).
         self._dataReceived(data)
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -179,12 +226,7 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
             session.hold(payload, isBinary)  # failing over: delivered once re-dialled
         elif partner.state == OPEN:  # a closing leg takes no more messages
             session.unanswered += 1
-            if not (
-                self._isMessageCompressed
-                and self.forwards_as_is
-                and forward_compressed(self, partner, isBinary)
-            ):
-                partner.sendMessage(payload, isBinary)
+            self.forward(partner, payload, isBinary)
 
     def relayed(self, size: int) -> None:
         """Count a message of `size` bytes that frames.py relayed to the open partner (what
@@ -194,12 +236,8 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
         session.bytes_in += size
         session.unanswered += 1
 
-    def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
-        was_open = self.state == OPEN
-        failed = super().onCloseFrame(code, reasonRaw)
-        if not failed and was_open and self.session is not None:
-            self.session.client_close_frame(self.remoteCloseCode, reasonRaw)
-        return failed
+    def closed_by_peer(self, session: IRelaySession, code: int | None, reason: bytes) -> None:
+        session.client_close_frame(code, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.session is not None:
@@ -245,30 +283,13 @@ class FrontendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketServerProtoco
         self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
 
-class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol):  # type: ignore[misc]
+class BackendProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
     """The backend leg."""
 
-    CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES
     dial: Any = None
-    session: IRelaySession | None = None
     partner: FrontendProtocol | None = None
-    _isMessageCompressed = False  # Autobahn sets it per message
-    # Nothing inspects or changes this leg's messages (False with hooks), so they may be
-    # forwarded as they came: compressed bytes kept, frames relayed by frames.py directly.
-    forwards_as_is = True
     handshake_status: int | None = None
     handshake_reason = ""
-
-    def dataReceived(self, data: bytes) -> None:
-        splice = self.splice_out
-        if splice is not None:
-            splice.feed(data)
-            return
-        if self.fast_in and self.state == OPEN and self.current_frame is None:
-            if not self.inside_message:
-                receive(self, data)
-                return
-        self._dataReceived(data)
 
     def onOpen(self) -> None:
         self.factory = self.dial.shared_factory  # the dial's copy served the handshake only
@@ -320,12 +341,7 @@ class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol
         session.msgs_out += 1
         session.bytes_out += len(payload)
         session.unanswered = 0
-        if not (
-            self._isMessageCompressed
-            and self.forwards_as_is
-            and forward_compressed(self, partner, isBinary)
-        ):
-            partner.sendMessage(payload, isBinary)
+        self.forward(partner, payload, isBinary)
 
     def relayed(self, size: int) -> None:
         """Count a message of `size` bytes that frames.py relayed to the client."""
@@ -334,12 +350,8 @@ class BackendProtocol(FastFrames, LeanReceive, LeanSend, WebSocketClientProtocol
         session.bytes_out += size
         session.unanswered = 0
 
-    def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
-        was_open = self.state == OPEN
-        failed = super().onCloseFrame(code, reasonRaw)
-        if not failed and was_open and self.session is not None:
-            self.session.backend_close_frame(self, self.remoteCloseCode, reasonRaw)
-        return failed
+    def closed_by_peer(self, session: IRelaySession, code: int | None, reason: bytes) -> None:
+        session.backend_close_frame(self, code, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         dial = self.dial
@@ -440,8 +452,19 @@ class RelayFactory(WebSocketServerFactory):
         self.per_ip: dict[str, int] = {}
         self._http_site: Any = None
 
-    def configure(self, config: Config) -> None:
-        """Take the options the legs read from `config` (at start and on each reload)."""
+    def configure(self, config: Config, hooked: bool = False) -> None:
+        """Take the options the legs read from `config` (at start and on each reload);
+        `hooked`: message hooks are configured, so client legs are HookedFrontendProtocol."""
+        self.setProtocolOptions(
+            **leg_options(config, config.client_handshake_timeout, config.client_keepalive),
+            maxConnections=0,  # admit() counts against limits.max_connections instead
+            webStatus=False,
+            perMessageCompressionAccept=(
+                accept_deflate_offer if config.compression else refuse_compression
+            ),
+        )
+        base = HookedFrontendProtocol if hooked else FrontendProtocol
+        self.protocol = bake_options(base, self)  # type: ignore[assignment]
         self.max_header_bytes = config.max_header_bytes
         self.compression_level = config.compression_level
         self.max_connections = config.max_connections

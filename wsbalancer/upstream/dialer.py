@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from wsbalancer.config import BackendConfig, Config
 from wsbalancer.wire.compression import accept_deflate_response
 from wsbalancer.wire.lean import bake_options
+from wsbalancer.wire.options import leg_options
 
 
 class BackendHandshakeError(Exception):
@@ -166,18 +167,9 @@ class BackendDialer:
             return cached[1], cached[2]
         config = self.config
         factory = WebSocketClientFactory(backend.url)
-        keepalive = config.backend_keepalive
         factory.setProtocolOptions(
-            openHandshakeTimeout=config.backend_handshake_timeout,
-            closeHandshakeTimeout=config.close_timeout,
-            autoPingInterval=keepalive.ping_interval,
-            autoPingTimeout=keepalive.pong_timeout,
-            maxMessagePayloadSize=config.max_message_size,
-            maxFramePayloadSize=config.max_frame_size,
-            failByDrop=False,
-            echoCloseCodeReason=True,
+            **leg_options(config, config.backend_handshake_timeout, config.backend_keepalive),
             perMessageCompressionAccept=accept_deflate_response,
-            tcpNoDelay=True,
         )
         factory.useragent = None  # the client's own User-Agent is forwarded instead
         # Options as class attributes; the offers are set per dial on the factory copy.
