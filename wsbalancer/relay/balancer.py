@@ -6,16 +6,14 @@ built from a `Config` in tests and in programs that embed the balancer.
 
 from __future__ import annotations
 
-import hmac
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from wsbalancer.config import DEFAULT_POOL, BackendConfig, Config
+from wsbalancer.config import BackendConfig, Config
 from wsbalancer.config.interfaces import IReconfigurable
 from wsbalancer.observe.counters import BalancerMetrics
 from wsbalancer.observe.logs import Lazy, logger
@@ -30,25 +28,10 @@ from wsbalancer.relay.protocols import (
     RelayFactory,
 )
 from wsbalancer.relay.session import RelaySession
-from wsbalancer.upstream.affinity import Affinity, new_secret
-from wsbalancer.upstream.dialer import BackendDialer
-from wsbalancer.upstream.outlier import OutlierDetector, OutlierState
-from wsbalancer.upstream.pool import CLOSED, UP, BackendPool, BackendState
-from wsbalancer.upstream.routing import Lane, Router
+from wsbalancer.upstream.cluster import Cluster
+from wsbalancer.upstream.pool import BackendPool, BackendState
+from wsbalancer.upstream.routing import Lane
 from wsbalancer.wire.peers import peer_host
-
-
-def _affinity_settings(config: Config) -> tuple[Any, ...]:
-    return (
-        config.affinity,
-        config.affinity_cookie,
-        config.affinity_secret,
-        config.affinity_samesite,
-        config.affinity_max_age,
-        config.affinity_key,
-        config.affinity_load_factor,
-        config.affinity_pin_idle,
-    )
 
 
 @implementer(ISessionEvents, IFleetView, IProxyHost, IReconfigurable)
@@ -71,25 +54,22 @@ class Balancer:
         self.reactor = reactor
         self.clock = clock or reactor
         self.metrics = BalancerMetrics()
-        self.rng = rng
-        # Pools with cookie affinity and no affinity.secret get a key derived from this seed,
-        # which worker processes share with their master (a cookie one issued, all honour).
-        self.secret_seed = secret_seed or new_secret()
-        self._secrets: dict[str, bytes] = {}  # generated affinity keys, kept across reloads
-        self.lanes: dict[str, Lane] = {}
-        for pool_config in config.all_pools():
-            self.lanes[pool_config.pool_name] = self._new_lane(pool_config)
-        default = self.lanes[DEFAULT_POOL]
-        self.pool = default.pool  # the top-level pool, as before pools existed
-        self.dialer = default.dialer
-        self.router = Router(config.routes, self.lanes, config.default_pool)
-        # Builds a count poller for a pool (set by the service assembly; None in unit tests).
-        self.make_poller: Callable[[BackendPool], Any] | None = None
+        self.events: deque[tuple[float, str]] = deque(maxlen=50)  # for the dashboard
+        self.cluster = Cluster(
+            config,
+            reactor,
+            self.clock,
+            self.metrics,
+            leg_class=lambda c: HookedBackendProtocol if c.hooks else BackendProtocol,
+            event=self.event,
+            move_sessions=self._move_sessions,
+            rng=rng,
+            secret_seed=secret_seed,
+        )
         self.sessions: dict[int, RelaySession] = {}
         # Unique across a master and its workers (each worker is handed its own block).
         self.session_ids = session_ids or new_session_ids()
         self.factories: list[RelayFactory] = []
-        self.events: deque[tuple[float, str]] = deque(maxlen=50)  # for the dashboard
         self.listeners: list[Any] = [SessionRecorder(self.metrics, self.clock)]
         self.listeners += [extensions.load(name) for name in config.listeners]
         self.hooks: list[Any] = [extensions.load(name) for name in config.hooks]
@@ -97,95 +77,74 @@ class Balancer:
         # Traffic of sessions already ended: msgs in, msgs out, bytes in, bytes out.
         self._ended_traffic = [0, 0, 0, 0]
 
-    # --- pools ----------------------------------------------------------------------
+    # --- the backend side (upstream.cluster), as callers knew it here ------------------
 
-    def _new_lane(self, config: Config) -> Lane:
-        pool = BackendPool(
-            config.backends,
-            seconds=self.clock.seconds,
-            strategy=config.strategy,
-            count_ttl=config.count_ttl,
-            fall=config.health_fall,
-            rise=config.health_rise,
-            breaker_threshold=config.breaker_threshold,
-            breaker_cooldown=config.breaker_cooldown,
-            rng=self.rng,
-        )
-        pool.on_state_change = self._state_changed
-        pool.outliers = OutlierDetector(
-            self.clock,
-            hosts=lambda: [b.id for b in pool.backends.values() if not b.removed],
-            consecutive_failures=config.outlier_consecutive_failures,
-            base_ejection=config.outlier_base_ejection,
-            max_ejection_percent=config.outlier_max_ejection_percent,
-            on_change=self._outlier_changed,
-        )
-        dialer = BackendDialer(
-            self.reactor,
-            config,
-            HookedBackendProtocol if config.hooks else BackendProtocol,
-            clock=self.clock,
-        )
-        lane = Lane(config, pool, dialer, self._new_affinity(config))
-        make_poller = getattr(self, "make_poller", None)  # unset while __init__ runs
-        if make_poller is not None:
-            lane.poller = make_poller(pool)
-        return lane
+    @property
+    def lanes(self) -> dict[str, Lane]:
+        """The pools by name."""
+        return self.cluster.lanes
 
-    def _new_affinity(self, config: Config) -> Affinity:
-        secret = config.affinity_secret.encode()
-        if config.affinity == "cookie" and not secret:
-            secret = self._secrets.get(config.pool_name, b"")
-            if not secret:
-                secret = hmac.new(self.secret_seed, config.pool_name.encode(), "sha256").digest()
-                self._secrets[config.pool_name] = secret
-                self.log.warn(
-                    "affinity.secret is not set for pool {pool}: using a random one, so its "
-                    "affinity cookies will not survive a restart or be honoured by another "
-                    "instance",
-                    pool=config.pool_name,
-                )
-        return Affinity(config, secret, self.clock.seconds)
+    @property
+    def pool(self) -> BackendPool:
+        """The top-level pool."""
+        return self.cluster.pool
+
+    @property
+    def secret_seed(self) -> bytes:
+        """What worker processes derive the same affinity keys from."""
+        return self.cluster.secret_seed
 
     def set_poller_factory(self, make_poller: Callable[[BackendPool], Any]) -> None:
         """How count pollers are built; every pool (now and after reloads) gets one."""
-        self.make_poller = make_poller
-        for lane in self.lanes.values():
-            if lane.poller is None:
-                lane.poller = make_poller(lane.pool)
+        self.cluster.set_poller_factory(make_poller)
 
     def route(self, target: str, host: str | None) -> Lane | None:
         """The pool a request goes to, or None when no route takes it (404)."""
-        return self.router.route(target, host)
+        return self.cluster.router.route(target, host)
 
     def lane_of(self, backend: BackendState) -> Lane | None:
         """The pool a backend belongs to."""
-        for lane in self.lanes.values():
-            if lane.pool.backends.get(backend.id) is backend:
-                return lane
-        return None
-
-    def _other_pool_with(self, backend_id: str, lane: Lane) -> Lane | None:
-        """Another pool whose DNS discovery serves a backend with this id."""
-        for other in self.lanes.values():
-            state = other.pool.backends.get(backend_id)
-            if (
-                other is not lane
-                and state is not None
-                and not state.removed
-                and state.extra.get("discovered_by")
-            ):
-                return other
-        return None
+        return self.cluster.lane_of(backend)
 
     def all_backends(self) -> list[tuple[Lane, BackendState]]:
         """Every backend of every pool, with its pool."""
-        return [(lane, b) for lane in self.lanes.values() for b in lane.pool.backends.values()]
+        return self.cluster.all_backends()
 
     def poll_all(self) -> Deferred[Any]:
         """Poll every pool's backends once (what the poll timer calls)."""
-        polls = [lane.poller.poll_once() for lane in self.lanes.values() if lane.poller]
-        return gatherResults(polls, consumeErrors=True)
+        return self.cluster.poll_all()
+
+    def poll_result(self, backend: BackendState, seconds: float, error: str | None) -> None:
+        """The poller read (or failed to read) a backend's count."""
+        self.cluster.poll_result(backend, seconds, error)
+
+    def add_backend(self, config: BackendConfig, lane: Lane | None = None) -> BackendState:
+        """Add a backend at run time (admin API, DNS discovery) to a pool (the default)."""
+        return self.cluster.add_backend(config, lane)
+
+    def remove_backend(self, state: BackendState, mode: str) -> int:
+        """Stop sending sessions to a backend; with `failover` its sessions move at once."""
+        return self.cluster.remove_backend(state, mode)
+
+    def backend_idle(self, state: BackendState) -> None:
+        """A removed backend's last plain-HTTP request ended: forget it if nothing is left."""
+        self.cluster.backend_idle(state)
+
+    def http_body_limit(self) -> int:
+        """The largest request body any pool that proxies HTTP accepts."""
+        return self.cluster.http_body_limit()
+
+    def stop_timers(self) -> None:
+        """Cancel what is scheduled for later (ejected backends' returns): stopping."""
+        self.cluster.stop_timers()
+
+    def _move_sessions(self, state: BackendState, reason: str) -> int:
+        moved = 0
+        for session in list(self.sessions.values()):
+            if session.backend_state is state:
+                session.move(reason)
+                moved += 1
+        return moved
 
     # --- the client-facing factory ------------------------------------------------
 
@@ -219,142 +178,12 @@ class Balancer:
             changes.append("listen addresses are unchanged until a restart")
         for factory in self.factories:
             self._configure_factory(factory)
-        wanted = {p.pool_name: p for p in new.all_pools()}
-        for name, pool_config in wanted.items():
-            lane = self.lanes.get(name)
-            if lane is None:
-                self.lanes[name] = self._new_lane(pool_config)
-                changes.append(f"added pool {name}")
-                continue
-            lane.retired = False
-            changes += self._apply_pool(lane, pool_config)
-        for name, lane in list(self.lanes.items()):
-            if name in wanted or lane.retired:
-                continue
-            # A dropped pool takes no new sessions; its backends drain like removed ones.
-            lane.retired = True
-            changes += self._apply_pool(lane, replace(lane.config, backends=()))
-            changes.append(f"removed pool {name}")
-        self.router = Router(new.routes, self.lanes, new.default_pool)
-        if (old.routes, old.default_pool) != (new.routes, new.default_pool):
-            changes.append(f"routes now {len(new.routes)} (default pool {new.default_pool})")
+        changes += self.cluster.reconfigure(new)
         return changes
-
-    def _apply_pool(self, lane: Lane, new: Config) -> list[str]:
-        """Apply one pool's new settings and backend list."""
-        old, lane.config = lane.config, new
-        prefix = "" if new.pool_name == DEFAULT_POOL else f"pool {new.pool_name}: "
-        changes: list[str] = []
-        lane.dialer.reconfigure(new)
-        if _affinity_settings(old) != _affinity_settings(new):
-            lane.affinity.release_all()
-            lane.affinity = self._new_affinity(new)
-            changes.append(f"{prefix}affinity {new.affinity}")
-        if (old.http_timeout, old.backend_connect_timeout) != (
-            new.http_timeout,
-            new.backend_connect_timeout,
-        ):
-            lane.http_agent = None  # rebuilt with the new timeouts on next use
-        pool = lane.pool
-        pool.strategy, pool.count_ttl = new.strategy, new.count_ttl
-        pool.fall, pool.rise = new.health_fall, new.health_rise
-        pool.breaker_threshold, pool.breaker_cooldown = new.breaker_threshold, new.breaker_cooldown
-        if pool.outliers is not None:
-            pool.outliers.configure(
-                new.outlier_consecutive_failures,
-                new.outlier_base_ejection,
-                new.outlier_max_ejection_percent,
-            )
-        wanted = {b.id: b for b in new.backends}
-        for backend_id, config in list(wanted.items()):
-            elsewhere = self._other_pool_with(backend_id, lane)
-            if elsewhere is not None:
-                # Ids are unique across pools (the views, metrics and API go by id): the one
-                # another pool's discovery found and serves keeps it.
-                del wanted[backend_id]
-                changes.append(
-                    f"{prefix}not adding {backend_id}: a backend of pool {elsewhere.name}"
-                )
-                continue
-            state = pool.backends.get(backend_id)
-            if state is not None:
-                state.extra.pop("discovered_by", None)  # listed now: the file's to remove
-            if state is None or state.removed:
-                pool.add(config).removed = False
-                if state is not None:
-                    state.draining = False
-                changes.append(f"{prefix}added {backend_id}")
-            elif state.config != config:
-                pool.add(config)
-                changes.append(f"{prefix}changed {backend_id} (weight {config.weight:g})")
-        for backend_id, state in list(pool.backends.items()):
-            # Backends found by DNS discovery are its to remove, not the file's.
-            if backend_id in wanted or state.removed or state.extra.get("discovered_by"):
-                continue
-            moved = self.remove_backend(state, new.removed_sessions)
-            changes.append(
-                f"{prefix}removed {backend_id}"
-                + (
-                    f" ({moved} sessions moved)"
-                    if moved
-                    else f" (draining {state.local_sessions} sessions)"
-                )
-            )
-        return changes
-
-    def add_backend(self, config: BackendConfig, lane: Lane | None = None) -> BackendState:
-        """Add a backend at run time (admin API, DNS discovery) to a pool (the default)."""
-        state = (lane.pool if lane is not None else self.pool).add(config)
-        self.event(f"backend {config.id} added")
-        state.removed = state.draining = False
-        state.enabled = True
-        self.log.info("backend {backend} added ({url})", backend=config.id, url=config.url)
-        return state
-
-    def remove_backend(self, state: BackendState, mode: str) -> int:
-        """Stop sending sessions to a backend and forget it once drained; with `failover`
-        its sessions move to other backends at once. Returns the sessions moved."""
-        state.removed = state.draining = True
-        self.event(f"backend {state.id} removed ({mode})")
-        moved = 0
-        if mode == "failover":
-            for session in list(self.sessions.values()):
-                if session.backend_state is state:
-                    session.move("backend removed")
-                    moved += 1
-        self.log.info(
-            "backend {backend} removed ({mode}, {n} sessions moved)",
-            backend=state.id,
-            mode=mode,
-            n=moved,
-        )
-        self._forget_if_drained(state)
-        return moved
-
-    def _forget_if_drained(self, state: BackendState) -> None:
-        if state.removed and state.local_sessions == 0 and state.dialing == 0:
-            lane = self.lane_of(state)
-            if lane is not None and state.requests == 0:
-                lane.pool.remove(state.id)
-
-    def backend_idle(self, state: BackendState) -> None:
-        """A removed backend's last plain-HTTP request ended: forget it if nothing is left."""
-        self._forget_if_drained(state)
-
-    def http_body_limit(self) -> int:
-        """The largest request body any pool that proxies HTTP accepts (each pool then
-        checks its own)."""
-        return max((lane.config.http_max_body for lane in self.lanes.values()), default=0)
 
     def drain(self) -> None:
         """Take no new sessions (readiness goes false); existing ones continue."""
         self.draining = True
-
-    def stop_timers(self) -> None:
-        """Cancel what is scheduled for later (ejected backends' returns): stopping."""
-        for lane in self.lanes.values():
-            if lane.pool.outliers is not None:
-                lane.pool.outliers.stop()
 
     # --- events from sessions -------------------------------------------------------
 
@@ -398,9 +227,7 @@ class Balancer:
         """Both legs are closed: count the session's traffic and tell the listeners."""
         if self.sessions.pop(session.id, None) is None:
             return
-        for _, state in self.all_backends():
-            if state.removed:
-                self._forget_if_drained(state)
+        self.cluster.forget_drained()
         t = self._ended_traffic
         t[0] += session.msgs_in
         t[1] += session.msgs_out
@@ -447,46 +274,9 @@ class Balancer:
             "no backend for {peer}: {detail}", peer=peer, detail="; ".join(errors) or "none usable"
         )
 
-    def poll_result(self, backend: BackendState, seconds: float, error: str | None) -> None:
-        """The poller read (or failed to read) a backend's count."""
-        self.log.debug(
-            "poll {backend}: {result} in {ms:.1f} ms",
-            backend=backend.id,
-            result=error or f"{backend.reported} connections",
-            ms=seconds * 1000,
-            error=error,
-            reported=backend.reported,
-        )
-        self.metrics.poll_seconds.labels(backend.id).observe(seconds)
-        if error is not None:
-            self.metrics.poll_errors.labels(backend.id).inc()
-
     def event(self, text: str) -> None:
         """Remember something an operator would want to see on the dashboard."""
         self.events.append((self.clock.seconds(), text))
-
-    def _state_changed(self, backend: BackendState, kind: str, state: str) -> None:
-        self.event(f"backend {backend.id} {kind} {state}")
-        self.metrics.state_changes.labels(backend.id, kind, state).inc()
-        (self.log.info if state in (UP, CLOSED) else self.log.warn)(
-            "backend {backend} {kind} is now {state}", backend=backend.id, kind=kind, state=state
-        )
-
-    def _outlier_changed(self, backend_id: str, ejected: bool, state: OutlierState) -> None:
-        if ejected:
-            seconds = (state.ejected_until or 0.0) - self.clock.seconds()
-            self.metrics.ejections.labels(backend_id).inc()
-            self.event(f"backend {backend_id} ejected for {seconds:g}s")
-            self.log.warn(
-                "backend {backend} ejected for {seconds:g}s after {failures} failed "
-                "handshakes in a row",
-                backend=backend_id,
-                seconds=seconds,
-                failures=state.failures,
-            )
-        else:
-            self.event(f"backend {backend_id} back from ejection")
-            self.log.info("backend {backend} is back from ejection", backend=backend_id)
 
     # --- figures --------------------------------------------------------------------
 
@@ -502,9 +292,7 @@ class Balancer:
 
     def ready(self) -> bool:
         """Whether a new session could be placed now."""
-        return not self.draining and any(
-            lane.pool.any_usable() for lane in self.lanes.values() if not lane.retired
-        )
+        return not self.draining and self.cluster.any_usable()
 
     def sweep_idle(self) -> None:
         """Close sessions that carried no message for a whole idle period (1001)."""

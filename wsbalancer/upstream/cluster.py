@@ -1,0 +1,352 @@
+"""The backend side as it runs (Envoy's "cluster"): every pool (a `Lane` each), the router
+between them, the count pollers, and what adds, changes and removes backends at run time.
+
+It is handed the backend leg class (`leg_class`) and how to move a removed backend's
+sessions (`move_sessions`); it imports no protocol and knows no session.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from zope.interface import implementer
+
+from wsbalancer.config import DEFAULT_POOL, BackendConfig, Config
+from wsbalancer.config.interfaces import IReconfigurable
+from wsbalancer.observe.counters import BalancerMetrics
+from wsbalancer.observe.logs import logger
+from wsbalancer.upstream.affinity import Affinity, new_secret
+from wsbalancer.upstream.dialer import BackendDialer
+from wsbalancer.upstream.outlier import OutlierDetector, OutlierState
+from wsbalancer.upstream.pool import CLOSED, UP, BackendPool, BackendState
+from wsbalancer.upstream.routing import Lane, Router
+
+
+def _affinity_settings(config: Config) -> tuple[Any, ...]:
+    return (
+        config.affinity,
+        config.affinity_cookie,
+        config.affinity_secret,
+        config.affinity_samesite,
+        config.affinity_max_age,
+        config.affinity_key,
+        config.affinity_load_factor,
+        config.affinity_pin_idle,
+    )
+
+
+@implementer(IReconfigurable)
+class Cluster:
+    """The pools of backends and the router; picks, health, reloads and run-time changes."""
+
+    log = logger("wsbalancer")
+
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        clock: Any,
+        metrics: BalancerMetrics,
+        leg_class: Callable[[Config], type],
+        event: Callable[[str], None],
+        move_sessions: Callable[[BackendState, str], int],
+        rng: Any = None,
+        secret_seed: bytes | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = clock
+        self.metrics = metrics
+        self.leg_class = leg_class  # the backend leg class for a pool's settings
+        self.event = event  # remember something for the dashboard
+        self.move_sessions = move_sessions  # move a backend's sessions elsewhere; how many
+        self.rng = rng
+        # Pools with cookie affinity and no affinity.secret get a key derived from this seed,
+        # which worker processes share with their master (a cookie one issued, all honour).
+        self.secret_seed = secret_seed or new_secret()
+        self._secrets: dict[str, bytes] = {}  # generated affinity keys, kept across reloads
+        # Builds a count poller for a pool (set by the service assembly; None in unit tests).
+        self.make_poller: Callable[[BackendPool], Any] | None = None
+        self.lanes: dict[str, Lane] = {}
+        for pool_config in config.all_pools():
+            self.lanes[pool_config.pool_name] = self._new_lane(pool_config)
+        self.router = Router(config.routes, self.lanes, config.default_pool)
+
+    @property
+    def pool(self) -> BackendPool:
+        """The top-level pool, as before pools existed."""
+        return self.lanes[DEFAULT_POOL].pool  # type: ignore[no-any-return]
+
+    def _new_lane(self, config: Config) -> Lane:
+        pool = BackendPool(
+            config.backends,
+            seconds=self.clock.seconds,
+            strategy=config.strategy,
+            count_ttl=config.count_ttl,
+            fall=config.health_fall,
+            rise=config.health_rise,
+            breaker_threshold=config.breaker_threshold,
+            breaker_cooldown=config.breaker_cooldown,
+            rng=self.rng,
+        )
+        pool.on_state_change = self._state_changed
+        pool.outliers = OutlierDetector(
+            self.clock,
+            hosts=lambda: [b.id for b in pool.backends.values() if not b.removed],
+            consecutive_failures=config.outlier_consecutive_failures,
+            base_ejection=config.outlier_base_ejection,
+            max_ejection_percent=config.outlier_max_ejection_percent,
+            on_change=self._outlier_changed,
+        )
+        dialer = BackendDialer(
+            self.reactor,
+            config,
+            self.leg_class(config),
+            clock=self.clock,
+        )
+        lane = Lane(config, pool, dialer, self._new_affinity(config))
+        make_poller = getattr(self, "make_poller", None)  # unset while __init__ runs
+        if make_poller is not None:
+            lane.poller = make_poller(pool)
+        return lane
+
+    def _new_affinity(self, config: Config) -> Affinity:
+        secret = config.affinity_secret.encode()
+        if config.affinity == "cookie" and not secret:
+            secret = self._secrets.get(config.pool_name, b"")
+            if not secret:
+                secret = hmac.new(self.secret_seed, config.pool_name.encode(), "sha256").digest()
+                self._secrets[config.pool_name] = secret
+                self.log.warn(
+                    "affinity.secret is not set for pool {pool}: using a random one, so its "
+                    "affinity cookies will not survive a restart or be honoured by another "
+                    "instance",
+                    pool=config.pool_name,
+                )
+        return Affinity(config, secret, self.clock.seconds)
+
+    def set_poller_factory(self, make_poller: Callable[[BackendPool], Any]) -> None:
+        """How count pollers are built; every pool (now and after reloads) gets one."""
+        self.make_poller = make_poller
+        for lane in self.lanes.values():
+            if lane.poller is None:
+                lane.poller = make_poller(lane.pool)
+
+    def route(self, target: str, host: str | None) -> Lane | None:
+        """The pool a request goes to, or None when no route takes it (404)."""
+        return self.router.route(target, host)
+
+    def lane_of(self, backend: BackendState) -> Lane | None:
+        """The pool a backend belongs to."""
+        for lane in self.lanes.values():
+            if lane.pool.backends.get(backend.id) is backend:
+                return lane
+        return None
+
+    def _other_pool_with(self, backend_id: str, lane: Lane) -> Lane | None:
+        """Another pool whose DNS discovery serves a backend with this id."""
+        for other in self.lanes.values():
+            state = other.pool.backends.get(backend_id)
+            if (
+                other is not lane
+                and state is not None
+                and not state.removed
+                and state.extra.get("discovered_by")
+            ):
+                return other
+        return None
+
+    def all_backends(self) -> list[tuple[Lane, BackendState]]:
+        """Every backend of every pool, with its pool."""
+        return [(lane, b) for lane in self.lanes.values() for b in lane.pool.backends.values()]
+
+    def poll_all(self) -> Deferred[Any]:
+        """Poll every pool's backends once (what the poll timer calls)."""
+        polls = [lane.poller.poll_once() for lane in self.lanes.values() if lane.poller]
+        return gatherResults(polls, consumeErrors=True)
+
+    def reconfigure(self, new: Config) -> list[str]:
+        """Apply a re-read configuration to the pools and routes; returns what changed.
+
+        Backends are added, re-weighted or removed; a removed backend takes no new sessions
+        and its sessions stay until they end (`reload.removed_sessions: drain`) or are moved
+        to other backends at once (`failover`)."""
+        changes: list[str] = []
+        old_routes = (self.router.routes, self.router.default)
+        wanted = {p.pool_name: p for p in new.all_pools()}
+        for name, pool_config in wanted.items():
+            lane = self.lanes.get(name)
+            if lane is None:
+                self.lanes[name] = self._new_lane(pool_config)
+                changes.append(f"added pool {name}")
+                continue
+            lane.retired = False
+            changes += self._apply_pool(lane, pool_config)
+        for name, lane in list(self.lanes.items()):
+            if name in wanted or lane.retired:
+                continue
+            # A dropped pool takes no new sessions; its backends drain like removed ones.
+            lane.retired = True
+            changes += self._apply_pool(lane, replace(lane.config, backends=()))
+            changes.append(f"removed pool {name}")
+        self.router = Router(new.routes, self.lanes, new.default_pool)
+        if old_routes != (self.router.routes, self.router.default):
+            changes.append(f"routes now {len(new.routes)} (default pool {new.default_pool})")
+        return changes
+
+    def _apply_pool(self, lane: Lane, new: Config) -> list[str]:
+        """Apply one pool's new settings and backend list."""
+        old, lane.config = lane.config, new
+        prefix = "" if new.pool_name == DEFAULT_POOL else f"pool {new.pool_name}: "
+        changes: list[str] = []
+        lane.dialer.reconfigure(new)
+        if _affinity_settings(old) != _affinity_settings(new):
+            lane.affinity.release_all()
+            lane.affinity = self._new_affinity(new)
+            changes.append(f"{prefix}affinity {new.affinity}")
+        if (old.http_timeout, old.backend_connect_timeout) != (
+            new.http_timeout,
+            new.backend_connect_timeout,
+        ):
+            lane.http_agent = None  # rebuilt with the new timeouts on next use
+        pool = lane.pool
+        pool.strategy, pool.count_ttl = new.strategy, new.count_ttl
+        pool.fall, pool.rise = new.health_fall, new.health_rise
+        pool.breaker_threshold, pool.breaker_cooldown = new.breaker_threshold, new.breaker_cooldown
+        if pool.outliers is not None:
+            pool.outliers.configure(
+                new.outlier_consecutive_failures,
+                new.outlier_base_ejection,
+                new.outlier_max_ejection_percent,
+            )
+        wanted = {b.id: b for b in new.backends}
+        for backend_id, config in list(wanted.items()):
+            elsewhere = self._other_pool_with(backend_id, lane)
+            if elsewhere is not None:
+                # Ids are unique across pools (the views, metrics and API go by id): the one
+                # another pool's discovery found and serves keeps it.
+                del wanted[backend_id]
+                changes.append(
+                    f"{prefix}not adding {backend_id}: a backend of pool {elsewhere.name}"
+                )
+                continue
+            state = pool.backends.get(backend_id)
+            if state is not None:
+                state.extra.pop("discovered_by", None)  # listed now: the file's to remove
+            if state is None or state.removed:
+                pool.add(config).removed = False
+                if state is not None:
+                    state.draining = False
+                changes.append(f"{prefix}added {backend_id}")
+            elif state.config != config:
+                pool.add(config)
+                changes.append(f"{prefix}changed {backend_id} (weight {config.weight:g})")
+        for backend_id, state in list(pool.backends.items()):
+            # Backends found by DNS discovery are its to remove, not the file's.
+            if backend_id in wanted or state.removed or state.extra.get("discovered_by"):
+                continue
+            moved = self.remove_backend(state, new.removed_sessions)
+            changes.append(
+                f"{prefix}removed {backend_id}"
+                + (
+                    f" ({moved} sessions moved)"
+                    if moved
+                    else f" (draining {state.local_sessions} sessions)"
+                )
+            )
+        return changes
+
+    def add_backend(self, config: BackendConfig, lane: Lane | None = None) -> BackendState:
+        """Add a backend at run time (admin API, DNS discovery) to a pool (the default)."""
+        state = (lane.pool if lane is not None else self.pool).add(config)
+        self.event(f"backend {config.id} added")
+        state.removed = state.draining = False
+        state.enabled = True
+        self.log.info("backend {backend} added ({url})", backend=config.id, url=config.url)
+        return state
+
+    def remove_backend(self, state: BackendState, mode: str) -> int:
+        """Stop sending sessions to a backend and forget it once drained; with `failover`
+        its sessions move to other backends at once. Returns the sessions moved."""
+        state.removed = state.draining = True
+        self.event(f"backend {state.id} removed ({mode})")
+        moved = self.move_sessions(state, "backend removed") if mode == "failover" else 0
+        self.log.info(
+            "backend {backend} removed ({mode}, {n} sessions moved)",
+            backend=state.id,
+            mode=mode,
+            n=moved,
+        )
+        self._forget_if_drained(state)
+        return moved
+
+    def _forget_if_drained(self, state: BackendState) -> None:
+        if state.removed and state.local_sessions == 0 and state.dialing == 0:
+            lane = self.lane_of(state)
+            if lane is not None and state.requests == 0:
+                lane.pool.remove(state.id)
+
+    def backend_idle(self, state: BackendState) -> None:
+        """A removed backend's last plain-HTTP request ended: forget it if nothing is left."""
+        self._forget_if_drained(state)
+
+    def http_body_limit(self) -> int:
+        """The largest request body any pool that proxies HTTP accepts (each pool then
+        checks its own)."""
+        return max((lane.config.http_max_body for lane in self.lanes.values()), default=0)
+
+    def forget_drained(self) -> None:
+        """Forget removed backends that have nothing left (a session just ended)."""
+        for _, state in self.all_backends():
+            if state.removed:
+                self._forget_if_drained(state)
+
+    def any_usable(self) -> bool:
+        """Whether some pool still taking sessions has a usable backend."""
+        return any(lane.pool.any_usable() for lane in self.lanes.values() if not lane.retired)
+
+    def stop_timers(self) -> None:
+        """Cancel what is scheduled for later (ejected backends' returns): stopping."""
+        for lane in self.lanes.values():
+            if lane.pool.outliers is not None:
+                lane.pool.outliers.stop()
+
+    def poll_result(self, backend: BackendState, seconds: float, error: str | None) -> None:
+        """The poller read (or failed to read) a backend's count."""
+        self.log.debug(
+            "poll {backend}: {result} in {ms:.1f} ms",
+            backend=backend.id,
+            result=error or f"{backend.reported} connections",
+            ms=seconds * 1000,
+            error=error,
+            reported=backend.reported,
+        )
+        self.metrics.poll_seconds.labels(backend.id).observe(seconds)
+        if error is not None:
+            self.metrics.poll_errors.labels(backend.id).inc()
+
+    def _state_changed(self, backend: BackendState, kind: str, state: str) -> None:
+        self.event(f"backend {backend.id} {kind} {state}")
+        self.metrics.state_changes.labels(backend.id, kind, state).inc()
+        (self.log.info if state in (UP, CLOSED) else self.log.warn)(
+            "backend {backend} {kind} is now {state}", backend=backend.id, kind=kind, state=state
+        )
+
+    def _outlier_changed(self, backend_id: str, ejected: bool, state: OutlierState) -> None:
+        if ejected:
+            seconds = (state.ejected_until or 0.0) - self.clock.seconds()
+            self.metrics.ejections.labels(backend_id).inc()
+            self.event(f"backend {backend_id} ejected for {seconds:g}s")
+            self.log.warn(
+                "backend {backend} ejected for {seconds:g}s after {failures} failed "
+                "handshakes in a row",
+                backend=backend_id,
+                seconds=seconds,
+                failures=state.failures,
+            )
+        else:
+            self.event(f"backend {backend_id} back from ejection")
+            self.log.info("backend {backend} is back from ejection", backend=backend_id)
