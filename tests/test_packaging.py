@@ -40,6 +40,8 @@ def test_wheel_contains_the_plugin_and_the_demo_page(tmp_path: Path) -> None:
     assert "wsbalancer/devtools/demo/chat.html" in names
     assert {"wsbalancer/admin/dashboard.html", "wsbalancer/admin/dashboard.js"} <= names
     assert "wsbalancer/service/tap.py" in names
+    # A subpackage setup.cfg does not list is left out of the wheel without a word.
+    assert "wsbalancer/devtools/conformance/__main__.py" in names
     # The licence travels with the wheel, and its metadata says which one it is.
     (license_file,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
     assert zipfile.ZipFile(wheel).read(license_file) == (ROOT / "LICENSE").read_bytes()

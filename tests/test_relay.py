@@ -337,7 +337,8 @@ async def test_open_sessions_let_go_of_what_only_their_handshakes_needed() -> No
         first = await aio(websockets.connect(lb.ws_url("/a?x=1")))
         second = await aio(websockets.connect(lb.ws_url("/b")))
         await wait_for(lambda: len(lb.balancer.sessions) == 2)
-        shared = lb.balancer.lanes["default"].dialer._factories[lb.balancer.config.backends[0].id][1]
+        dialer = lb.balancer.lanes["default"].dialer
+        shared = dialer._factories[lb.balancer.config.backends[0].id][1]
         for session in lb.balancer.sessions.values():
             client, leg = session.client, session.backend
             for side in (client, leg):

@@ -5,65 +5,63 @@ Every mutating call needs `Authorization: Bearer <admin.token>`; reads need it t
 API cannot be left open by accident. Errors are JSON `{"error": ..., "reason": ...}` with
 400 (bad body or parameter), 401 (token missing or wrong), 403, 404 (unknown id),
 405 (method), 409 (conflict), 413 (body over 64 KiB), 415 (body not application/json).
-A request body is read only from a caller with the token (see admin_http.py). Changes made
+A request body is read only from a caller with the token (see admin/http.py). Changes made
 here last until the next reload or restart.
+
+This module routes the calls and holds the backend and frontend handlers. The request rules
+(token, JSON body, error answers) are in `admin.api_requests`, the session handlers in
+`admin.api_sessions`, and what worker processes change about an answer in `admin.api_workers`.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
-import re
 from collections.abc import Callable
 from dataclasses import replace
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from wsbalancer import __version__
+from wsbalancer.admin.api_requests import (
+    DIGITS,
+    JSON_ONLY,
+    MAX_BODY,
+    ApiError,
+    bearer_token_ok,
+    finish_later,
+    is_json_type,
+    json_body,
+    query_arg,
+    request_uri,
+)
+from wsbalancer.admin.api_sessions import SessionRoutes, session_view
+from wsbalancer.admin.api_workers import all_backend_figures, all_sessions, broadcast, from_worker
 from wsbalancer.config import DEFAULT_POOL, ConfigError, _BackendSpec, _build_backend
 from wsbalancer.observe.logs import logger
-from wsbalancer.observe.worker_metrics import add_backend_figures
 from wsbalancer.relay.ids import session_owner
-from wsbalancer.wire.peers import peer_host
 
 if TYPE_CHECKING:
     from wsbalancer.relay.balancer import Balancer
-    from wsbalancer.relay.session import RelaySession
     from wsbalancer.upstream.pool import BackendState
 
 _log = logger("wsbalancer.admin")
-MAX_BODY = 64 * 1024
-_DIGITS = re.compile(r"[0-9]{1,15}")  # str.isdigit() also takes "²", which int() refuses
 
-
-JSON_ONLY = "request bodies must be Content-Type: application/json"
-
-
-def bearer_token_ok(authorization: bytes | None, token: str) -> bool:
-    """Whether an Authorization header value is `Bearer <token>` (compared in constant time)."""
-    scheme, _, value = (authorization or b"").decode("latin-1").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        value.strip().encode("latin-1"), token.encode()
-    )
-
-
-def is_json_type(content_type: bytes | None) -> bool:
-    """Whether a Content-Type header says application/json (parameters such as charset aside)."""
-    media = (content_type or b"").split(b";", 1)[0].strip().lower()
-    return media == b"application/json"
-
-
-class ApiError(Exception):
-    """An error answer: HTTP status, a short code, and a sentence."""
-
-    def __init__(self, status: int, error: str, reason: str, allow: list[str] = ()) -> None:  # type: ignore[assignment]
-        super().__init__(reason)
-        self.status, self.error, self.reason = status, error, reason
-        self.allow = list(allow)
+# What other modules take from here (admin.site: AdminApi, finish_later), wherever it lives.
+__all__ = [
+    "JSON_ONLY",
+    "MAX_BODY",
+    "AdminApi",
+    "ApiError",
+    "backend_view",
+    "bearer_token_ok",
+    "finish_later",
+    "is_json_type",
+    "openapi_document",
+    "session_view",
+]
 
 
 def backend_view(balancer: Balancer, b: BackendState) -> dict[str, Any]:
@@ -96,25 +94,6 @@ def backend_view(balancer: Balancer, b: BackendState) -> dict[str, Any]:
     }
 
 
-def session_view(balancer: Balancer, s: RelaySession) -> dict[str, Any]:
-    """One session as the API shows it."""
-    return {
-        "id": s.id,
-        "client": peer_host(s.client),
-        "path": s.client.http_request_uri,
-        "backend": s.backend_state.id if s.backend_state else None,
-        "ageSeconds": round(balancer.clock.seconds() - s.started, 3),
-        "subprotocol": s.subprotocol,
-        "reconnecting": s.reconnecting,
-        "reconnects": s.reconnects,
-        "possiblyLost": s.lost,
-        "messagesIn": s.msgs_in,
-        "bytesIn": s.bytes_in,
-        "messagesOut": s.msgs_out,
-        "bytesOut": s.bytes_out,
-    }
-
-
 class AdminApi(Resource):
     """Routes `/api/...` requests to handlers; authentication and errors in one place."""
 
@@ -125,6 +104,7 @@ class AdminApi(Resource):
         self.balancer = balancer
         self.frontends = frontends  # pause()/resume()/paused, from the service
         self.workers = workers  # the other worker processes (workers.py), if any
+        self.session_routes = SessionRoutes(balancer)
 
     def render(self, request: Request) -> Any:
         request.setHeader(b"content-type", b"application/json")
@@ -136,17 +116,18 @@ class AdminApi(Resource):
                 return openapi_document()
             self._authorize(request, mutating=method != "GET")
             if self.workers is not None and parts[:1] == ["sessions"]:
-                if len(parts) >= 2 and _DIGITS.fullmatch(parts[1]):
+                if len(parts) >= 2 and DIGITS.fullmatch(parts[1]):
                     owner = session_owner(int(parts[1]))
                     if owner:  # another worker's session: its answer is the answer
-                        return self._from_worker(request, owner, method)
+                        return from_worker(self.workers, request, owner, method)
                 elif len(parts) == 1 and method == "GET":
-                    return self._all_sessions(request)
+                    _, own = self.session_routes.list_sessions(request)
+                    return all_sessions(self.workers, request, own)
             status, document = self._route(method, parts, request)
             if method != "GET" and status < 300:  # what operators changed, on the dashboard
-                self.balancer.event(f"API {method} {_uri(request)}: {status}")
+                self.balancer.event(f"API {method} {request_uri(request)}: {status}")
             if self.workers is not None and method == "GET" and parts[:1] == ["backends"]:
-                return self._all_backend_figures(request, status, document)
+                return all_backend_figures(self.workers, request, status, document)
         except ApiError as e:
             status, document = e.status, {"error": e.error, "reason": e.reason}
             if e.status == 401:
@@ -165,48 +146,8 @@ class AdminApi(Resource):
             and parts[:1] in (["backends"], ["frontends"])
         ):
             # The same change on every worker before the caller hears it is done.
-            changed = ensureDeferred(
-                self.workers.broadcast(method, _uri(request), _body_of(request), _auth(request))
-            )
-            return finish_later(request, changed.addCallback(lambda _: body))
+            return broadcast(self.workers, request, method, body)
         return body
-
-    def _from_worker(self, request: Request, owner: int, method: str) -> Any:
-        async def answer() -> bytes:
-            if owner not in self.workers.ready_workers():
-                request.setResponseCode(404)
-                return b'{"error": "not_found", "reason": "no such session"}\n'
-            status, body = await self.workers.call(
-                owner, method, _uri(request), _body_of(request), _auth(request)
-            )
-            request.setResponseCode(status)
-            return body
-
-        return finish_later(request, ensureDeferred(answer()))
-
-    def _all_sessions(self, request: Request) -> Any:
-        _, own = self.list_sessions(request)
-
-        async def answer() -> bytes:
-            for _, body in await self.workers.gather(_uri(request), _auth(request)):
-                own["sessions"] += json.loads(body).get("sessions", [])
-            return json.dumps(own, indent=1).encode() + b"\n"
-
-        return finish_later(request, ensureDeferred(answer()))
-
-    def _all_backend_figures(self, request: Request, status: int, document: Any) -> Any:
-        """A backend view with every process's own figures (its sessions, dials, picks)
-        summed; the fleet-wide ones (health, reported count, state) are the master's."""
-        own = document["backends"] if "backends" in document else [document]
-
-        async def answer() -> bytes:
-            for _, body in await self.workers.gather(_uri(request), _auth(request)):
-                doc = json.loads(body)
-                add_backend_figures(own, doc["backends"] if "backends" in doc else [doc])
-            request.setResponseCode(status)
-            return json.dumps(document, indent=1).encode() + b"\n"
-
-        return finish_later(request, ensureDeferred(answer()))
 
     def _authorize(self, request: Request, mutating: bool) -> None:
         config = self.balancer.config
@@ -236,9 +177,12 @@ class AdminApi(Resource):
             ("backends", "*", "disable"): {"POST": self.disable_backend},
             ("backends", "*", "drain"): {"POST": self.drain_backend},
             ("backends", "*", "reset-breaker"): {"POST": self.reset_breaker},
-            ("sessions",): {"GET": self.list_sessions},
-            ("sessions", "*"): {"GET": self.get_session, "DELETE": self.terminate_session},
-            ("sessions", "*", "failover"): {"POST": self.fail_over_session},
+            ("sessions",): {"GET": self.session_routes.list_sessions},
+            ("sessions", "*"): {
+                "GET": self.session_routes.get_session,
+                "DELETE": self.session_routes.terminate_session,
+            },
+            ("sessions", "*", "failover"): {"POST": self.session_routes.fail_over_session},
             ("frontends",): {"GET": self.frontend_state},
             ("frontends", "pause"): {"POST": self.pause_frontends},
             ("frontends", "resume"): {"POST": self.resume_frontends},
@@ -268,38 +212,6 @@ class AdminApi(Resource):
             raise ApiError(404, "unknown_backend", f"no backend {backend_id!r}")
         return state
 
-    def _session(self, session_id: str) -> RelaySession:
-        session = (
-            self.balancer.sessions.get(int(session_id)) if _DIGITS.fullmatch(session_id) else None
-        )
-        if session is None:
-            raise ApiError(404, "unknown_session", f"no open session {session_id!r}")
-        return session
-
-    @staticmethod
-    def _body(request: Request) -> dict[str, Any]:
-        raw = request.content.read(MAX_BODY + 1) if request.content else b""
-        if len(raw) > MAX_BODY:
-            raise ApiError(413, "body_too_large", f"request body over {MAX_BODY} bytes")
-        if not raw.strip():
-            return {}
-        if not is_json_type(request.getHeader(b"content-type")):
-            raise ApiError(415, "unsupported_media_type", JSON_ONLY)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise ApiError(400, "bad_body", "body is not JSON")
-        except RecursionError:  # json recurses per nesting level: [[[[... is not an answer 500
-            raise ApiError(400, "bad_body", "body is nested too deeply")
-        if not isinstance(body, dict):
-            raise ApiError(400, "bad_body", "body must be a JSON object")
-        return body
-
-    @staticmethod
-    def _arg(request: Request, name: str) -> str | None:
-        values = request.args.get(name.encode())
-        return values[0].decode("utf-8", "replace") if values else None
-
     # --- backends -------------------------------------------------------------------------
 
     def list_backends(self, request: Request) -> tuple[int, Any]:
@@ -310,7 +222,7 @@ class AdminApi(Resource):
         return 200, backend_view(self.balancer, self._backend(backend_id))
 
     def add_backend(self, request: Request) -> tuple[int, Any]:
-        body = self._body(request)
+        body = json_body(request)
         unknown = set(body) - {"id", "url", "metric", "weight", "pool"}
         if unknown or "url" not in body:
             raise ApiError(
@@ -357,7 +269,7 @@ class AdminApi(Resource):
 
     def change_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:
         state = self._backend(backend_id)
-        body = self._body(request)
+        body = json_body(request)
         if set(body) != {"weight"}:
             raise ApiError(400, "bad_body", "expected {weight}")
         weight = body["weight"]
@@ -368,7 +280,7 @@ class AdminApi(Resource):
 
     def remove_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:
         state = self._backend(backend_id)
-        mode = self._arg(request, "sessions") or "drain"
+        mode = query_arg(request, "sessions") or "drain"
         if mode not in ("drain", "failover"):
             raise ApiError(400, "bad_parameter", "sessions must be drain or failover")
         if state.removed:
@@ -404,48 +316,6 @@ class AdminApi(Resource):
         (lane.pool if lane is not None else self.balancer.pool).reset_breaker(state)
         return 200, backend_view(self.balancer, state)
 
-    # --- sessions -------------------------------------------------------------------------
-
-    def list_sessions(self, request: Request) -> tuple[int, Any]:
-        backend = self._arg(request, "backend")
-        sessions = [
-            s
-            for s in self.balancer.sessions.values()
-            if backend is None or (s.backend_state and s.backend_state.id == backend)
-        ]
-        return 200, {"sessions": [session_view(self.balancer, s) for s in sessions]}
-
-    def get_session(self, request: Request, session_id: str) -> tuple[int, Any]:
-        return 200, session_view(self.balancer, self._session(session_id))
-
-    def terminate_session(self, request: Request, session_id: str) -> tuple[int, Any]:
-        session = self._session(session_id)
-        code_text = self._arg(request, "code") or "1000"
-        reason = self._arg(request, "reason") or "terminated by the operator"
-        if not _DIGITS.fullmatch(code_text) or not (
-            int(code_text) == 1000
-            or 1001 <= int(code_text) <= 1003
-            or 1007 <= int(code_text) <= 1014
-            or 3000 <= int(code_text) <= 4999
-        ):
-            raise ApiError(
-                400,
-                "bad_parameter",
-                "code must be a close code that may be sent (1000-1003, 1007-1014, 3000-4999)",
-            )
-        if len(reason.encode()) > 123:
-            raise ApiError(400, "bad_parameter", "reason must be at most 123 bytes")
-        session.terminate(int(code_text), reason)
-        return 200, {"terminated": session.id, "code": int(code_text), "reason": reason}
-
-    def fail_over_session(self, request: Request, session_id: str) -> tuple[int, Any]:
-        session = self._session(session_id)
-        if session.reconnecting or session.backend is None:
-            raise ApiError(409, "conflict", "the session is already failing over")
-        before = session.backend_state.id if session.backend_state else None
-        session.move("moved by the operator")
-        return 202, {"session": session.id, "from": before, "reconnecting": True}
-
     # --- frontends ------------------------------------------------------------------------
 
     def frontend_state(self, request: Request) -> tuple[int, Any]:
@@ -465,46 +335,6 @@ class AdminApi(Resource):
 
     def version(self, request: Request) -> tuple[int, Any]:
         return 200, {"version": __version__}
-
-
-def finish_later(request: Request, answer: Deferred[Any]) -> Any:
-    """Write what `answer` fires with (bytes) and finish, unless the client has left."""
-    gone: list[bool] = []
-    request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-    def write(body: bytes) -> None:
-        if not gone:
-            request.write(body)
-            request.finish()
-
-    def failed(failure: Any) -> None:
-        _log.failure("admin request {path} failed", failure, path=request.path)
-        if not gone:
-            request.setResponseCode(500)
-            write(b'{"error": "internal", "reason": "see the balancer\'s log"}\n')
-
-    answer.addCallback(write).addErrback(failed)
-    return NOT_DONE_YET
-
-
-def _uri(request: Request) -> str:
-    return request.uri.decode("utf-8", "replace")
-
-
-def _body_of(request: Request) -> bytes:
-    content = request.content
-    if content is None:
-        return b""
-    content.seek(0)
-    return content.read(MAX_BODY + 1)
-
-
-def _auth(request: Request) -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
-    token = request.getHeader(b"authorization")
-    if token:
-        headers["Authorization"] = token.decode("latin-1")
-    return headers
 
 
 def openapi_document() -> bytes:

@@ -40,7 +40,7 @@ from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request, Site
 
-from wsbalancer.admin.api import JSON_ONLY, MAX_BODY, bearer_token_ok, is_json_type
+from wsbalancer.admin.api_requests import JSON_ONLY, MAX_BODY, bearer_token_ok, is_json_type
 from wsbalancer.config import Config
 from wsbalancer.observe.logs import logger
 

@@ -10,83 +10,53 @@ the backend's reads. Request bodies are bounded (`http.max_body`, 413), a backen
 not answer within `http.timeout` gets the client a 504, hop-by-hop headers are dropped and
 X-Forwarded-For/-Proto/-Host added, and the pool's affinity is applied (the cookie is set on
 the HTTP response, so the WebSocket that follows lands on the same backend).
+
+This module routes a request and carries it through (`ProxyResource`, `ProxiedRequest`);
+the client connection's deadlines and limits are `relay.http_channel`'s, and what a backend
+is sent and how its answer is read are `relay.http_backend`'s.
 """
 
 from __future__ import annotations
 
-from http import HTTPStatus
-from io import BytesIO
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import ISSLTransport
-from twisted.internet.protocol import Protocol
-from twisted.protocols.basic import LineReceiver
-from twisted.web.client import (
-    Agent,
-    FileBodyProducer,
-    HTTPConnectionPool,
-    ResponseDone,
-    ResponseNeverReceived,
-    _HTTP11ClientFactory,
-)
-from twisted.web.http import (
-    HTTPChannel,
-    PotentialDataLoss,
-    _ChunkedTransferDecoder,
-    _MalformedChunkedDataError,
-)
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
-from zope.interface import implementer
 
-from wsbalancer.config import Config
 from wsbalancer.observe.logs import logger
-from wsbalancer.upstream.affinity import new_nonce, strip_cookie
-from wsbalancer.upstream.dialer import backend_resource, tls_options
-from wsbalancer.wire.headers import backend_request_headers
+from wsbalancer.relay.http_backend import (
+    HOP_BY_HOP,
+    BodyRelay,
+    Discard,
+    backend_agent,
+    backend_headers,
+    backend_http_url,
+    describe_failure,
+    request_body,
+)
+from wsbalancer.relay.http_channel import (
+    LimitedRequest,
+    ProxyChannel,
+    channel_peer,
+    channel_transport,
+)
+from wsbalancer.relay.interfaces import IProxyHost
+from wsbalancer.upstream.affinity import new_nonce
 
 if TYPE_CHECKING:
-    from wsbalancer.relay.balancer import Balancer
     from wsbalancer.upstream.pool import BackendState
     from wsbalancer.upstream.routing import Lane
 
 _log = logger("wsbalancer.http")
 
-# Headers of one hop (RFC 9110 7.6.1): never forwarded in either direction.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Not passed to the backend: the agent writes them (Host, Content-Length) or we do (X-F-*).
-_REQUEST_DROPPED = HOP_BY_HOP | {
-    "host",
-    "content-length",
-    "expect",  # the body is here already (twisted.web answered any 100-continue)
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-}
-# What a body is cannot be left out by a `headers.forward` list written for handshakes.
-_REQUEST_ALWAYS = frozenset({"content-type", "content-encoding"})
-_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 
-
-def proxy_site(balancer: Balancer) -> Site:
+def proxy_site(balancer: IProxyHost) -> Site:
     """The twisted.web site that proxies a connection's plain-HTTP requests."""
     # No Twisted idle timer: `ProxyChannel` times each phase of a connection itself.
     site = Site(ProxyResource(balancer), timeout=None, reactor=balancer.reactor)  # type: ignore[arg-type]
@@ -107,267 +77,12 @@ def error_body(request: Request, code: int, text: str) -> bytes:
     return body
 
 
-def _raw_response(code: int, text: str) -> bytes:
-    body = (text + "\n").encode("utf-8", "replace")
-    head = (
-        f"HTTP/1.1 {code} {HTTPStatus(code).phrase}\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode("latin-1") + body
-
-
-# What a client connection is waiting for, and so which deadline runs (`ProxyChannel`).
-HEAD = "head"  # a request head: `timeouts.http_head` from its first byte
-BODY = "body"  # its body: `timeouts.http_body`, a second more per `http_body_min_rate` bytes
-BUSY = "busy"  # the response: the backend's `http.timeout` applies, not the client's
-IDLE = "keepalive"  # the next request: `timeouts.http_keepalive`, then closed
-# Chunk sizes are 64-bit at most anywhere; a larger one is an attack or garbage.
-MAX_CHUNK_SIZE = 2**63 - 1
-
-
-class ProxyChannel(HTTPChannel):
-    """twisted.web's HTTP channel with the proxy's answers to bad and slow clients.
-
-    A head over `limits.max_header_bytes` gets 431, a malformed one (an impossible chunk
-    size too) 400; a request head that takes longer than `timeouts.http_head`, or a body
-    that falls behind its deadline, gets 408; a keep-alive connection idle for
-    `timeouts.http_keepalive` is closed; past `limits.max_http_connections` open ones, a
-    new connection gets 503. Each is logged once and counted. Twisted's own idle timer
-    (reset by every byte, so a client sending one byte a second is never timed out) is off.
-    """
-
-    site: Any  # the proxy site (Site.buildProtocol sets it)
-    phase = HEAD
-    deadline: Any = None  # the delayed call of the running deadline
-    body_deadline = 0.0
-    counted = False  # holds one of the site's `open_channels`
-    refused = False  # answered 503 at once: nothing it sends is read
-    closing = False  # answered (or timed out) and closing: no deadline runs again
-    refusal: tuple[int, str, str] | None = None  # what a bad request is answered (not 400)
-
-    def connectionMade(self) -> None:
-        site = self.site
-        config: Config = site.balancer.config
-        self.head_timeout = config.http_head_timeout
-        self.body_timeout = config.http_body_timeout
-        self.body_min_rate = config.http_body_min_rate
-        self.keepalive_timeout = config.http_keepalive_timeout
-        cap = config.max_http_connections
-        if cap and site.open_channels >= cap:
-            self.refused = True
-            _log.info(
-                "HTTP connection from {peer} refused: 503 over {cap} HTTP connections",
-                peer=_peer(self),
-                cap=cap,
-            )
-            _count_refused(self, "connections")
-            transport: Any = self.transport
-            transport.write(_raw_response(503, "too many HTTP connections"))
-            transport.loseConnection()
-            return
-        site.open_channels += 1
-        self.counted = True
-        super().connectionMade()
-        self._wait(HEAD, self.head_timeout)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self._cancel_deadline()
-        if self.counted:
-            self.counted = False
-            self.site.open_channels -= 1
-        super().connectionLost(reason)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.refused:
-            return
-        if self.phase == IDLE:
-            self._wait(HEAD, self.head_timeout)  # the first byte of the next request
-        elif self.phase == BODY and self.body_min_rate:
-            self.body_deadline += len(data) / self.body_min_rate
-        # (not HTTPChannel.dataReceived: its timer would start again with every byte)
-        LineReceiver.dataReceived(self, data)
-
-    def allHeadersReceived(self) -> None:
-        super().allHeadersReceived()
-        if self.length != 0 and not self.closing:  # a body follows (None: chunked)
-            self._wait(BODY, self.body_timeout)
-            self.body_deadline = self.site.reactor.seconds() + self.body_timeout
-
-    def allContentReceived(self) -> None:
-        self._wait(BUSY, 0)
-        super().allContentReceived()
-
-    def requestDone(self, request: Any) -> None:
-        super().requestDone(request)
-        if self.persistent and not self.closing and self.phase == BUSY:
-            # What was pipelined behind the answered request has been parsed now: another
-            # request being answered, or the body of one (its deadline runs), or part of a
-            # head, or nothing yet.
-            if self._handlingRequest:
-                return
-            if self.requests or self._buffer:
-                self._wait(HEAD, self.head_timeout)
-            else:
-                self._wait(IDLE, self.keepalive_timeout)
-
-    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
-        ok = super()._maybeChooseTransferDecoder(header, data)
-        decoder = self._transferDecoder
-        if ok and type(decoder) is _ChunkedTransferDecoder:
-            self._transferDecoder = BoundedChunkedDecoder(
-                decoder.dataCallback,
-                decoder.finishCallback,
-                self.site.balancer.http_body_limit(),
-                self,
-            )
-        return ok
-
-    def _wait(self, phase: str, seconds: float) -> None:
-        self.phase = phase
-        self._cancel_deadline()
-        if seconds > 0:
-            self.deadline = self.callLater(seconds, self._deadline_passed)
-
-    def _cancel_deadline(self) -> None:
-        if self.deadline is not None and self.deadline.active():
-            self.deadline.cancel()
-        self.deadline = None
-
-    def _deadline_passed(self) -> None:
-        self.deadline = None
-        phase = self.phase
-        if phase == BODY:
-            left = self.body_deadline - self.site.reactor.seconds()
-            if left > 0:  # the body came at the minimum rate meanwhile
-                self.deadline = self.callLater(left, self._deadline_passed)
-                return
-        self.site.balancer.metrics.http_timeouts.labels(phase).inc()
-        request = self.requests[-1] if self.requests else None
-        if phase == IDLE or getattr(request, "too_large", False):
-            # Nothing is owed (idle), or the answer (413) is out already: just close.
-            self._close()
-            return
-        text = (
-            f"request head not received within {self.head_timeout:g}s"
-            if phase == HEAD
-            else "request body not received in time"
-        )
-        _log.info("HTTP request from {peer} timed out: 408 {text}", peer=_peer(self), text=text)
-        transport: Any = self.transport
-        transport.write(_raw_response(408, text))
-        self._close()
-
-    def _close(self) -> None:
-        # A client that does not read cannot keep the connection by leaving the last
-        # answer unsent: it is cut off after Twisted's abort timeout.
-        self.closing = True
-        self._wait(BUSY, 0)
-        self.dataReceived = lambda data: None  # type: ignore[method-assign]
-        if self._abortingCall is None and self.abortTimeout is not None:
-            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
-        self.loseConnection()
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted answers every bad head with a bare 400; say what was wrong.
-        too_large = getattr(self, "_receivedHeaderSize", 0) > self.totalHeadersSize
-        if self.refusal is not None:
-            code, text, reason = self.refusal
-        elif too_large:
-            code, text, reason = 431, "request header fields too large", "header_too_large"
-        else:
-            code, text, reason = 400, "malformed request", "malformed"
-        _log.info(
-            "HTTP request from {peer} refused: {code} {text}",
-            peer=_peer(self),
-            code=code,
-            text=text,
-        )
-        _count_refused(self, reason)
-        transport: Any = self.transport
-        transport.write(_raw_response(code, text))
-        self._close()
-
-
-class BoundedChunkedDecoder(_ChunkedTransferDecoder):
-    """Twisted's chunked-body decoder, refusing a chunk size at once when it is out of
-    range (400) or would take the body past the largest `http.max_body` (413), instead of
-    waiting for bytes that never come (RFC 9112 7.1: guard against overflow)."""
-
-    def __init__(self, data: Any, finish: Any, limit: int, channel: ProxyChannel) -> None:
-        super().__init__(data, finish)
-        self.limit = limit
-        self.channel = channel
-        self.declared = 0
-
-    def _dataReceived_CHUNK_LENGTH(self) -> bool:
-        if not super()._dataReceived_CHUNK_LENGTH():
-            return False
-        self.declared += self.length
-        if self.length > MAX_CHUNK_SIZE:
-            self.channel.refusal = (400, "chunk size out of range", "malformed")
-        elif self.declared > self.limit:
-            self.channel.refusal = (413, "request body too large", "body_too_large")
-        else:
-            return True
-        raise _MalformedChunkedDataError(self.channel.refusal[1])
-
-
-def _count_refused(channel: Any, reason: str) -> None:
-    channel.site.balancer.metrics.http_refused.labels(reason).inc()
-
-
-class LimitedRequest(Request):
-    """A request whose body is bounded: over the limit the client gets 413 at once, the
-    rest of the body is read and dropped, and the connection closes."""
-
-    too_large = False
-    received = 0
-
-    def _limit(self) -> int:
-        channel: Any = self.channel
-        return int(channel.site.balancer.http_body_limit())
-
-    def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self._limit():
-            self._refuse(length)
-            return
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self.too_large:
-            return
-        self.received += len(data)
-        if self.received > self._limit():
-            self._refuse(self.received)
-            return
-        super().handleContentChunk(data)
-
-    def _refuse(self, size: int) -> None:
-        self.too_large = True
-        self.content = BytesIO()
-        _count_refused(self.channel, "body_too_large")
-        _log.info(
-            "HTTP request from {peer} refused: 413 body of {size} bytes is over {limit}",
-            peer=_peer(self.channel),
-            size=size,
-            limit=self._limit(),
-        )
-        _transport(self.channel).write(_raw_response(413, "request body too large"))
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if self.too_large:  # answered already; the body has been read, so close cleanly
-            _transport(self.channel).loseConnection()
-            return
-        super().requestReceived(command, path, version)
-
-
 class ProxyResource(Resource):
     """Routes each request to its pool and relays it there."""
 
     isLeaf = True
 
-    def __init__(self, balancer: Balancer) -> None:
+    def __init__(self, balancer: IProxyHost) -> None:
         super().__init__()
         self.balancer = balancer
 
@@ -375,7 +90,7 @@ class ProxyResource(Resource):
         target = request.uri.decode("latin-1")
         host = (request.getHeader(b"host") or b"").decode("latin-1")
         lane = self.balancer.route(target, host)
-        peer = _peer(request.channel)
+        peer = channel_peer(request.channel)
         if lane is None:
             _log.info("HTTP {target} from {peer}: 404 no route", target=target, peer=peer)
             return error_body(request, 404, f"no route for {urlsplit(target).path}")
@@ -398,16 +113,16 @@ class ProxyResource(Resource):
 class ProxiedRequest:
     """One client request relayed to one backend, and its response streamed back."""
 
-    def __init__(self, balancer: Balancer, lane: Lane, request: Request) -> None:
+    def __init__(self, balancer: IProxyHost, lane: Lane, request: Request) -> None:
         self.balancer = balancer
         self.lane = lane
         self.request = request
-        self.peer = _peer(request.channel)
+        self.peer = channel_peer(request.channel)
         self.target = request.uri.decode("latin-1")
         self.backend: BackendState | None = None
         self.pending: defer.Deferred[Any] | None = None
         self.timer: Any = None
-        self.body: _BodyRelay | None = None
+        self.body: BodyRelay | None = None
         self.done = False
         self.client_gone = False
         self.timed_out = False
@@ -451,37 +166,10 @@ class ProxiedRequest:
         self.backend = backend
         self.tried.append(backend.id)
         lane.pool.request_started(backend, self.counted)
-        url = _http_url(backend.config.url, self.target)
-        out = Headers()
-        raw = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, values in request.requestHeaders.getAllRawHeaders()
-            for value in values
-        ]
-        connection_named = {
-            token.strip().lower() for token in headers.get("connection", "").split(",")
-        }
-        cookie_name = lane.affinity.cookie_name if lane.affinity.mode == "cookie" else None
-        is_tls = ISSLTransport.providedBy(request.channel.transport)
-        for name, value in backend_request_headers(
-            raw,
-            lane.config,
-            self.peer,
-            is_tls,
-            dropped=_REQUEST_DROPPED | connection_named,
-            always=_REQUEST_ALWAYS,
-        ).items():
-            if cookie_name and name.lower() == "cookie":
-                value = strip_cookie(value, cookie_name)
-                if not value:
-                    continue
-            out.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-        body = None
-        content: Any = request.content
-        if request.method in _BODY_METHODS or content.seek(0, 2):
-            content.seek(0)
-            body = FileBodyProducer(content)
-        agent = _agent(self.balancer, lane)
+        url = backend_http_url(backend.config.url, self.target)
+        out = backend_headers(request, lane, self.peer, headers)
+        body = request_body(request)
+        agent = backend_agent(self.balancer.reactor, lane)
         self.pending = agent.request(request.method, url.encode("latin-1"), out, body)
         self.timer = self.balancer.clock.callLater(lane.config.http_timeout, self._timed_out)
         self.pending.addCallbacks(self._got_response, self._failed)
@@ -499,13 +187,13 @@ class ProxiedRequest:
                 backend=self.backend.id if self.backend else "-",
             )
             self.body.stop()
-            _transport(self.request.channel).loseConnection()
+            channel_transport(self.request.channel).loseConnection()
 
     def _got_response(self, response: Any) -> None:
         self.pending = None
         self._cancel_timer()
         if self.client_gone:
-            response.deliverBody(_Discard())
+            response.deliverBody(Discard())
             self._end(failed=False)
             return
         request = self.request
@@ -519,11 +207,11 @@ class ProxiedRequest:
             # set, not add: the backend's Server and Date replace twisted.web's defaults
             request.responseHeaders.setRawHeaders(name, values)
         if request.method == b"HEAD" or response.code in (204, 304):
-            response.deliverBody(_Discard())
+            response.deliverBody(Discard())
             self._end(failed=False)
             request.finish()
             return
-        self.body = _BodyRelay(self)
+        self.body = BodyRelay(self)
         self.timer = self.balancer.clock.callLater(self.lane.config.http_timeout, self._timed_out)
         response.deliverBody(self.body)
 
@@ -544,7 +232,7 @@ class ProxiedRequest:
                 f"backend {backend_id} did not answer within {seconds}s",
             )
             return
-        reason = _describe(failure)
+        reason = describe_failure(failure)
         self._end(failed=True)
         if failure.check(ConnectError, DNSLookupError):
             # Nothing was sent: another backend may take it (a pinned one is re-pinned
@@ -612,9 +300,9 @@ class ProxiedRequest:
                 target=self.target,
                 peer=self.peer,
                 backend=self.backend.id if self.backend else "-",
-                reason=_describe(reason),
+                reason=describe_failure(reason),
             )
-            _transport(self.request.channel).loseConnection()
+            channel_transport(self.request.channel).loseConnection()
 
     def body_progress(self) -> None:
         """A chunk of the body arrived: the stall timer starts again."""
@@ -642,102 +330,3 @@ class ProxiedRequest:
         self.lane.pool.request_ended(self.backend, failed, self.counted)
         if self.backend.removed:
             self.balancer.backend_idle(self.backend)
-
-
-class _BodyRelay(Protocol):
-    """Streams a backend response body to the client, paced by the client's buffer."""
-
-    def __init__(self, exchange: ProxiedRequest) -> None:
-        self.exchange = exchange
-        self.registered = False
-
-    def connectionMade(self) -> None:
-        request = self.exchange.request
-        if self.transport is not None and not self.exchange.client_gone:
-            try:
-                request.registerProducer(self.transport, True)
-                self.registered = True
-            except RuntimeError:
-                pass  # something else produces for this request already
-
-    def dataReceived(self, data: bytes) -> None:
-        exchange = self.exchange
-        if not exchange.client_gone:
-            exchange.body_progress()
-            exchange.request.write(data)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if self.registered and not self.exchange.client_gone:
-            self.exchange.request.unregisterProducer()
-            self.registered = False
-        self.exchange.body_done(reason)
-
-    def stop(self) -> None:
-        """Stop reading the backend's body (the client went away or it stalled)."""
-        transport: Any = self.transport
-        if transport is not None:
-            transport.stopProducing()
-
-
-class _Discard(Protocol):
-    def connectionLost(self, reason: Any = None) -> None:
-        pass
-
-
-class _QuietHTTPFactory(_HTTP11ClientFactory):
-    noisy = False  # a "starting factory" line per backend connection would flood the log
-
-
-@implementer(IPolicyForHTTPS)
-class _BackendTLSPolicy:
-    """TLS for https:// backends with the pool's verification rules."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self._by_host: dict[str, Any] = {}
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        host = hostname.decode("ascii")
-        if host not in self._by_host:
-            self._by_host[host] = tls_options(host, self.config)
-        return self._by_host[host]
-
-
-def _agent(balancer: Balancer, lane: Lane) -> Agent:
-    if lane.http_agent is None:
-        pool = HTTPConnectionPool(balancer.reactor, persistent=True)
-        pool._factory = _QuietHTTPFactory
-        pool.maxPersistentPerHost = 16
-        pool.retryAutomatically = False  # a request is not sent twice behind the client's back
-        lane.http_agent = Agent(
-            balancer.reactor,
-            contextFactory=_BackendTLSPolicy(lane.config),
-            pool=pool,
-            connectTimeout=lane.config.backend_connect_timeout,
-        )
-    return lane.http_agent  # type: ignore[no-any-return]
-
-
-def _http_url(backend_url: str, target: str) -> str:
-    parts = urlsplit(backend_url)
-    scheme = "https" if parts.scheme == "wss" else "http"
-    resource = backend_resource(backend_url, target)
-    path, _, query = resource.partition("?")
-    return urlunsplit((scheme, parts.netloc, path, query, ""))
-
-
-def _transport(channel: Any) -> Any:
-    return channel.transport
-
-
-def _peer(channel: Any) -> str:
-    transport = getattr(channel, "transport", None)
-    peer = transport.getPeer() if transport is not None else None
-    return getattr(peer, "host", None) or "unix"
-
-
-def _describe(failure: Any) -> str:
-    error = failure.value
-    if isinstance(error, ResponseNeverReceived) and error.reasons:
-        error = error.reasons[0].value
-    return str(error).strip() or type(error).__name__

@@ -132,6 +132,7 @@ class IProxyHost(Interface):
     """What the plain-HTTP proxy reads of the balancer it serves."""
 
     config = Attribute("The top-level Config")
+    reactor = Attribute("The reactor backend requests are made with")
     clock = Attribute("The IReactorTime deadlines are scheduled on")
     metrics = Attribute("The BalancerMetrics its timeouts and refusals are counted in")
 
