@@ -33,6 +33,41 @@ class Lane:
         """The pool's name (`default` for the top-level one)."""
         return self.config.pool_name
 
+    # --- what a session's dial asks of its pool ---------------------------------------
+
+    def next_candidate(
+        self, tried: list[str], prefer: Any = None, last_resort: bool = False
+    ) -> Any:
+        """The next backend to dial, in pick order: `prefer` (a pinned backend) first, then
+        the pool's pick among those not yet `tried`; with `last_resort`, backends only
+        marked down once none is usable. None when none is left."""
+        if prefer is not None and prefer.id not in tried:
+            prefer.picks += 1
+            return prefer
+        backend = self.pool.pick(exclude=tried)
+        if backend is None and last_resort:
+            backend = self.pool.last_resort(tried)
+        return backend
+
+    def dial_started(self, backend: Any) -> None:
+        """A dial to `backend` begins (it counts in the load until it ends)."""
+        self.pool.dial_started(backend)
+
+    def dial_succeeded(self, backend: Any) -> None:
+        """The backend's 101 arrived: health, breaker and outlier detection hear of it."""
+        self.pool.dial_succeeded(backend)
+        if self.pool.outliers is not None:
+            self.pool.outliers.success(backend.id)
+
+    def dial_failed(self, backend: Any, breaker: bool, outlier: bool | None) -> None:
+        """The dial ended without a session. `breaker`: it counts against the circuit
+        breaker; `outlier`: a gateway failure (True), an answer the backend's application
+        meant (False), or no verdict on the backend at all (None: we gave up first)."""
+        self.pool.dial_failed(backend, counts_against_breaker=breaker)
+        outliers = self.pool.outliers
+        if outliers is not None and outlier is not None:
+            (outliers.failure if outlier else outliers.success)(backend.id)
+
 
 class Router:
     """Path (and Host) to lane."""
