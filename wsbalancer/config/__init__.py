@@ -7,16 +7,49 @@ what is wrong, in one line.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
+
+from wsbalancer.config.values import (
+    ADMIN_RESERVED,
+    ENDPOINT_TYPES,
+    HOST_NAME,
+    ConfigError,
+    closest_key,
+    cpu_count,
+    gathering,
+    one_of,
+    parse_bool,
+    parse_ca_file,
+    parse_close_codes,
+    parse_compression_level,
+    parse_cookie_name,
+    parse_dotted_names,
+    parse_duration,
+    parse_endpoint,
+    parse_endpoints,
+    parse_header_list,
+    parse_host_patterns,
+    parse_int,
+    parse_list,
+    parse_load_factor,
+    parse_metric_document_path,
+    parse_metric_path,
+    parse_path,
+    parse_percent,
+    parse_pool_name,
+    parse_positive_duration,
+    parse_positive_int,
+    parse_size,
+    parse_workers,
+)
 
 STRATEGIES = ("least-loaded", "power-of-two", "round-robin")
 AFFINITY_MODES = ("off", "cookie", "header", "query", "client-address")
@@ -25,8 +58,6 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 # Admin-site access lines: every request, all but probes and scrapes, or none.
 ADMIN_ACCESS = ("all", "quiet", "off")
 ENV_PREFIX = "WSBALANCER_"
-# Twisted server endpoint types: such strings pass as they are.
-ENDPOINT_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix", "systemd", "le", "lets", "onion"})
 
 # Headers that belong to one hop or to the WebSocket handshake itself: each leg writes its own.
 HANDSHAKE_HEADERS = frozenset(
@@ -52,10 +83,6 @@ HANDSHAKE_HEADERS = frozenset(
         "origin",
     }
 )
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message is the one line an operator sees."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +181,7 @@ class Config:
     backend_compression: str = "off"
     compression_level: int = 1
     workers: int = field(
-        default_factory=lambda: _cpu_count()
+        default_factory=cpu_count
     )  # processes sharing the listening sockets (workers.py)
     relay_mode: str = "message"  # or "splice": frames forwarded as they are (splice.py)
     drain_period: float = 10.0
@@ -202,310 +229,6 @@ class Config:
         raise KeyError(backend_id)
 
 
-# --- value parsers: each takes the raw value and returns the typed one or raises ValueError ---
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1024,
-    "kb": 1000,
-    "kib": 1024,
-    "m": 1024**2,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "g": 1024**3,
-    "gb": 1000**3,
-    "gib": 1024**3,
-}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string such as `500ms`, `10s`, `2m`."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 10s or 500ms")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(str(value))
-        if not m:
-            raise ValueError(f"expected a duration such as 10s or 500ms, got {value!r}")
-        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[m.group(2)]
-        seconds = float(m.group(1)) * scale
-    if seconds < 0:
-        raise ValueError(f"must not be negative, got {value!r}")
-    return seconds
-
-
-def parse_positive_duration(value: Any) -> float:
-    """A duration that must be above zero."""
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"must be above zero, got {value!r}")
-    return seconds
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from an integer or a string such as `64KiB`, `16MiB`."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 65536 or 64KiB")
-    if isinstance(value, int):
-        size = value
-    else:
-        m = _SIZE.match(str(value))
-        if not m:
-            raise ValueError(f"expected a size such as 65536 or 64KiB, got {value!r}")
-        size = int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
-    if size < 0:
-        raise ValueError(f"must not be negative, got {value!r}")
-    return size
-
-
-def parse_int(value: Any) -> int:
-    """A non-negative integer."""
-    if isinstance(value, bool):
-        raise ValueError("expected a whole number")
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {value!r}")
-    if number < 0:
-        raise ValueError(f"must not be negative, got {value!r}")
-    return number
-
-
-def parse_positive_int(value: Any) -> int:
-    """An integer of at least one."""
-    number = parse_int(value)
-    if number < 1:
-        raise ValueError(f"must be at least 1, got {value!r}")
-    return number
-
-
-def _cpu_count() -> int:
-    from wsbalancer.service.workers import cpu_count
-
-    return cpu_count()
-
-
-def parse_workers(value: Any) -> int:
-    """`auto` (one per core) or a number of processes, 1 to 256."""
-    if str(value).strip().lower() == "auto":
-        return _cpu_count()
-    number = parse_positive_int(value)
-    if number > 256:
-        raise ValueError(f"at most 256 worker processes, got {value!r}")
-    return number
-
-
-def parse_bool(value: Any) -> bool:
-    """true/false, yes/no, on/off, 1/0."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def parse_list(value: Any) -> tuple[str, ...]:
-    """A YAML list or a comma-separated string."""
-    if value is None:
-        return ()
-    items = value if isinstance(value, list | tuple) else str(value).split(",")
-    return tuple(str(item).strip() for item in items if str(item).strip())
-
-
-_HOST_LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
-HOST_NAME = re.compile(rf"{_HOST_LABEL}(\.{_HOST_LABEL})*")
-
-
-def parse_host_patterns(value: Any) -> tuple[str, ...]:
-    """Host names (lower-cased, no port), `.domain` for a domain and its subdomains, or `*`."""
-    patterns = []
-    for item in parse_list(value):
-        name = item.lower().rstrip(".")
-        if name != "*" and not HOST_NAME.fullmatch(name.removeprefix(".")):
-            raise ValueError(f"expected host names, .domain or *, got {item!r}")
-        patterns.append(name)
-    return tuple(patterns)
-
-
-def parse_header_list(value: Any) -> tuple[str, ...]:
-    """Header names, lower-cased."""
-    return tuple(h.lower() for h in parse_list(value))
-
-
-def parse_close_codes(value: Any) -> tuple[int, ...]:
-    """WebSocket close codes."""
-    codes = []
-    for item in parse_list(value):
-        code = parse_int(item)
-        if not 1000 <= code <= 4999:
-            raise ValueError(f"close code {code} is outside 1000-4999")
-        codes.append(code)
-    return tuple(codes)
-
-
-def _enum(choices: Iterable[str], aliases: Mapping[str, str] | None = None) -> Callable[[Any], str]:
-    allowed = tuple(choices)
-    alias = dict(aliases or {})
-
-    def parse(value: Any) -> str:
-        text = alias.get(str(value).strip().lower(), str(value).strip().lower())
-        if text not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
-        return text
-
-    return parse
-
-
-def parse_endpoint(value: Any) -> str:
-    """A Twisted endpoint string, or the seed's `host:port` / `:port` form."""
-    text = str(value).strip()
-    if not text:
-        raise ValueError("empty listen address")
-    if text.split(":", 1)[0] in ENDPOINT_TYPES:
-        return text
-    m = re.match(r"^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.\-]*)):(\d+)$", text)
-    if m:
-        host = m.group(1) or m.group(2) or ""
-        port = int(m.group(3))
-        if port > 65535:
-            raise ValueError(f"port {port} is out of range")
-        if not host:
-            return f"tcp:{port}"
-        if m.group(1):
-            return f"tcp6:{port}:interface={host.replace(':', chr(92) + ':')}"
-        return f"tcp:{port}:interface={host}"
-    raise ValueError(f"expected an endpoint such as tcp:8080 or 127.0.0.1:8080, got {value!r}")
-
-
-def parse_endpoints(value: Any) -> tuple[str, ...]:
-    """One or several endpoints."""
-    items: list[str] | tuple[str, ...]
-    if isinstance(value, list | tuple):
-        items = [str(v) for v in value]
-    else:
-        # endpoint strings contain commas only inside ssl options, which users list in YAML
-        items = [value] if str(value).startswith(("ssl:", "unix:")) else parse_list(value)
-    endpoints = tuple(parse_endpoint(v) for v in items)
-    if not endpoints:
-        raise ValueError("at least one listen address is needed")
-    return endpoints
-
-
-def parse_compression_level(value: Any) -> int:
-    """A zlib level, 1 (fastest) to 9 (smallest)."""
-    level = parse_int(value)
-    if not 1 <= level <= 9:
-        raise ValueError(f"expected a zlib level from 1 to 9, got {value!r}")
-    return level
-
-
-def parse_dotted_names(value: Any) -> tuple[str, ...]:
-    """Importable dotted names (checked now, so a typo stops start-up, not a session)."""
-    from twisted.python.reflect import namedAny
-
-    names = parse_list(value)
-    for name in names:
-        try:
-            namedAny(name)
-        except Exception as e:
-            raise ValueError(f"cannot import {name!r} ({e.__class__.__name__}: {e})")
-    return names
-
-
-def parse_metric_path(value: Any) -> str:
-    """Where backends report their count: a path, an http(s) URL, or none."""
-    text = str(value).strip()
-    if text.lower() == "none" or text.startswith("/") or re.match(r"^https?://", text):
-        return text
-    raise ValueError(f"expected a path starting with /, an http(s) URL or none, got {value!r}")
-
-
-# First path segments of the admin site's own endpoints.
-ADMIN_RESERVED = {
-    "api": "the admin API",
-    "metrics": "Prometheus",
-    "healthz": "health",
-    "readyz": "readiness",
-    "dashboard": "the dashboard",
-    "dashboard.js": "the dashboard's script",
-}
-
-
-def parse_metric_document_path(value: Any) -> str:
-    """Where the JSON distribution is served: a path not taken by another endpoint."""
-    path = parse_path(value)
-    first = path.strip("/").split("/")[0]
-    if first in ADMIN_RESERVED:
-        raise ValueError(f"/{first} is taken by {ADMIN_RESERVED[first]}")
-    if not first:
-        raise ValueError("the admin site's root is taken by its index")
-    return path
-
-
-def parse_path(value: Any) -> str:
-    """An absolute URL path."""
-    text = str(value).strip()
-    if not text.startswith("/"):
-        raise ValueError(f"expected a path starting with /, got {value!r}")
-    return text
-
-
-def parse_load_factor(value: Any) -> float:
-    """The bounded-load factor of consistent hashing: above 1 (1.25 = 25% over the mean)."""
-    try:
-        factor = float(str(value).strip())
-    except ValueError:
-        raise ValueError(f"expected a number above 1, got {value!r}")
-    if not factor > 1:
-        raise ValueError(f"expected a number above 1, got {value!r}")
-    return factor
-
-
-def parse_percent(value: Any) -> float:
-    """A share from 0 to 100 (a trailing % is allowed)."""
-    text = str(value).strip().removesuffix("%")
-    try:
-        percent = float(text)
-    except ValueError:
-        raise ValueError(f"expected a percentage from 0 to 100, got {value!r}")
-    if not 0 <= percent <= 100:
-        raise ValueError(f"expected a percentage from 0 to 100, got {value!r}")
-    return percent
-
-
-def parse_cookie_name(value: Any) -> str:
-    """A cookie name (an RFC 6265 token)."""
-    text = str(value).strip()
-    if not re.match(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,64}$", text):
-        raise ValueError(f"expected a cookie name of letters, digits and -_. only, got {value!r}")
-    return text
-
-
-def parse_pool_name(value: Any) -> str | None:
-    """A pool name, or none (requests no route takes get 404)."""
-    text = str(value).strip()
-    if text.lower() in ("none", ""):
-        return None
-    return text
-
-
-def parse_ca_file(value: Any) -> str | None:
-    """A readable file, or empty for none."""
-    if value in (None, ""):
-        return None
-    path = str(value)
-    if not os.path.isfile(path):
-        raise ValueError(f"no such file: {path}")
-    return path
-
-
 def parse_discovery(value: Any) -> tuple[Any, ...]:
     """DNS discovery sources (see wsbalancer.config.discovery)."""
     from wsbalancer.config.discovery import parse_sources
@@ -522,7 +245,7 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "admin.open_reads": (parse_bool, "admin_open_reads"),
     "admin.allowed_hosts": (parse_host_patterns, "admin_allowed_hosts"),
     "balancing.strategy": (
-        _enum(
+        one_of(
             STRATEGIES,
             {
                 "leastconn": "least-loaded",
@@ -576,11 +299,11 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "tls.client_key": (parse_ca_file, "tls_client_key"),
     "discovery": (parse_discovery, "discovery"),
     "compression.client": (parse_bool, "compression"),
-    "compression.backend": (_enum(("off", "mirror")), "backend_compression"),
+    "compression.backend": (one_of(("off", "mirror")), "backend_compression"),
     "compression.level": (parse_compression_level, "compression_level"),
-    "relay.mode": (_enum(("message", "splice")), "relay_mode"),
+    "relay.mode": (one_of(("message", "splice")), "relay_mode"),
     "shutdown.drain_period": (parse_duration, "drain_period"),
-    "reload.removed_sessions": (_enum(("drain", "failover")), "removed_sessions"),
+    "reload.removed_sessions": (one_of(("drain", "failover")), "removed_sessions"),
     "failover.enabled": (parse_bool, "failover"),
     "failover.attempts": (parse_positive_int, "failover_attempts"),
     "failover.backoff": (parse_positive_duration, "failover_backoff"),
@@ -591,21 +314,21 @@ SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
     "failover.close_codes": (parse_close_codes, "abnormal_close_codes"),
     "extensions.listeners": (parse_dotted_names, "listeners"),
     "extensions.hooks": (parse_dotted_names, "hooks"),
-    "log.level": (_enum(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}), "log_level"),
-    "log.format": (_enum(("text", "json")), "log_format"),
+    "log.level": (one_of(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}), "log_level"),
+    "log.format": (one_of(("text", "json")), "log_format"),
     "log.library_level": (
-        _enum(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}),
+        one_of(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}),
         "log_library_level",
     ),
-    "log.admin_access": (_enum(ADMIN_ACCESS, {"on": "all", "none": "off"}), "log_admin_access"),
+    "log.admin_access": (one_of(ADMIN_ACCESS, {"on": "all", "none": "off"}), "log_admin_access"),
     "affinity.mode": (
-        _enum(AFFINITY_MODES, {"none": "off", "false": "off", "ip": "client-address"}),
+        one_of(AFFINITY_MODES, {"none": "off", "false": "off", "ip": "client-address"}),
         "affinity",
     ),
     "affinity.cookie": (parse_cookie_name, "affinity_cookie"),
     "affinity.secret": (str, "affinity_secret"),
     "affinity.samesite": (
-        _enum(("Lax", "Strict", "None"), {"lax": "Lax", "strict": "Strict", "none": "None"}),
+        one_of(("Lax", "Strict", "None"), {"lax": "Lax", "strict": "Strict", "none": "None"}),
         "affinity_samesite",
     ),
     "affinity.max_age": (parse_duration, "affinity_max_age"),
@@ -708,20 +431,9 @@ BACKEND_KEYS = ("url", "id", "metric", "metric_url", "metric_path", "weight")
 
 
 def suggest_key(key: str, known: Iterable[str] | None = None) -> str | None:
-    """The known dotted key an unknown one was probably meant to be, or None.
-
-    Within a known section only its own keys are candidates (`balancing.pol_interval` ->
-    `balancing.poll_interval`); a misspelt section is matched as a whole (`helth.fall`)."""
-    names = list(known) if known is not None else [*SCHEMA, *FILE_SECTIONS]
-    section, _, leaf = key.rpartition(".")
-    leaves = [n[len(section) + 1 :] for n in names if section and n.startswith(section + ".")]
-    if leaves:
-        close = difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.7)
-        if not close and len(leaf) >= 3:
-            close = [n for n in leaves if n.startswith(leaf)][:1]  # `poll` -> `poll_interval`
-        return f"{section}.{close[0]}" if close else None
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.7)
-    return close[0] if close else None
+    """The known dotted key an unknown one was probably meant to be, or None (by default any
+    key of the file format)."""
+    return closest_key(key, known if known is not None else [*SCHEMA, *FILE_SECTIONS])
 
 
 def unknown_key(source: str, key: str, known: Iterable[str] | None = None) -> ConfigError:
@@ -733,18 +445,6 @@ def unknown_key(source: str, key: str, known: Iterable[str] | None = None) -> Co
             meant = ENV_PREFIX + meant.upper().replace(".", "__")
         hint = f" (did you mean {meant}?)"
     return ConfigError(f"{source}: {key}: unknown key{hint}")
-
-
-@contextmanager
-def gathering(problems: list[str] | None) -> Iterator[None]:
-    """A `ConfigError` raised inside is appended to `problems` and the caller goes on to the
-    next value; with `problems` None (a normal load) it is raised as it is."""
-    try:
-        yield
-    except ConfigError as e:
-        if problems is None:
-            raise
-        problems.append(str(e))
 
 
 @dataclass
@@ -1241,3 +941,66 @@ def check(
     read_sources(raw, path, environ, overrides, backends)
     config = build(raw)
     return ConfigCheck(tuple(dict.fromkeys(raw.problems or ())), config, raw)
+
+
+# The package's public names, as before it was split (some now live in submodules).
+__all__ = [
+    "ADMIN_ACCESS",
+    "ADMIN_RESERVED",
+    "AFFINITY_MODES",
+    "BACKEND_KEYS",
+    "BackendConfig",
+    "Config",
+    "ConfigCheck",
+    "ConfigError",
+    "DEFAULT_POOL",
+    "ENDPOINT_TYPES",
+    "ENV_PREFIX",
+    "FILE_SECTIONS",
+    "HANDSHAKE_HEADERS",
+    "HOST_NAME",
+    "Keepalive",
+    "LOG_LEVELS",
+    "POOL_KEY_PREFIXES",
+    "RawConfig",
+    "Route",
+    "SCHEMA",
+    "SEED_ENV",
+    "SEED_ENV_IGNORED",
+    "STRATEGIES",
+    "TRAEFIK_KEYS",
+    "build",
+    "check",
+    "effective_value",
+    "gathering",
+    "load",
+    "parse_bool",
+    "parse_ca_file",
+    "parse_close_codes",
+    "parse_compression_level",
+    "parse_cookie_name",
+    "parse_discovery",
+    "parse_dotted_names",
+    "parse_duration",
+    "parse_endpoint",
+    "parse_endpoints",
+    "parse_header_list",
+    "parse_host_patterns",
+    "parse_int",
+    "parse_list",
+    "parse_load_factor",
+    "parse_metric_document_path",
+    "parse_metric_path",
+    "parse_path",
+    "parse_percent",
+    "parse_pool_name",
+    "parse_positive_duration",
+    "parse_positive_int",
+    "parse_size",
+    "parse_workers",
+    "read_environment",
+    "read_file",
+    "read_sources",
+    "suggest_key",
+    "unknown_key",
+]

@@ -40,6 +40,8 @@ from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+# cpu_count lives with the configuration that counts `workers: auto`; re-exported from its old home.
+from wsbalancer.config.values import cpu_count as cpu_count
 from wsbalancer.observe.logs import logger
 
 if TYPE_CHECKING:
@@ -59,14 +61,6 @@ _STABLE_AFTER = 10.0  # a worker that ran this long restarts after the shortest 
 
 class WorkerStartError(RuntimeError):
     """The worker processes cannot be started; the message is the operator's one line."""
-
-
-def cpu_count() -> int:
-    """The cores this process may run on (a cgroup CPU set counts, not the machine's)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def session_owner(session_id: int) -> int:
