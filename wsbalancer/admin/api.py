@@ -24,7 +24,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from wsbalancer import __version__
-from wsbalancer.config import DEFAULT_POOL, ConfigError, _BackendSpec, _build_backend
+from wsbalancer.config import DEFAULT_POOL, BackendSpec, ConfigError, build_backend
 from wsbalancer.observe.logs import logger
 from wsbalancer.observe.worker_metrics import add_backend_figures
 from wsbalancer.service.workers import session_owner
@@ -326,7 +326,7 @@ class AdminApi(Resource):
         weight = body.get("weight", 1)
         if isinstance(weight, bool) or not isinstance(weight, int | float):
             raise ApiError(400, "bad_body", "weight must be a number")
-        spec = _BackendSpec(
+        spec = BackendSpec(
             url=body["url"],
             source="request",
             id=body.get("id"),
@@ -345,7 +345,7 @@ class AdminApi(Resource):
             # (With only named pools the default one takes no request: nothing to add to.)
             raise ApiError(404, "unknown_pool", f"no pool named {name!r}")
         try:
-            config = _build_backend(spec, lane.config.metric_path)
+            config = build_backend(spec, lane.config.metric_path)
         except ConfigError as e:
             raise ApiError(400, "bad_backend", str(e).removeprefix("request: "))
         if any(

@@ -13,10 +13,15 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from wsbalancer.config.backends import (
+    BACKEND_KEYS,
+    BackendSpec,
+    backend_specs,
+    build_backend,
+)
 from wsbalancer.config.model import (
     DEFAULT_POOL,
     HANDSHAKE_HEADERS,
@@ -246,25 +251,15 @@ class _Value:
 
 
 @dataclass
-class _BackendSpec:
-    url: Any
-    source: str
-    id: Any = None
-    metric: Any = None
-    weight: Any = 1
-
-
-@dataclass
 class _PoolSpec:
     name: str
     source: str
     values: dict[str, _Value] = field(default_factory=dict)
-    backends: list[_BackendSpec] = field(default_factory=list)
+    backends: list[BackendSpec] = field(default_factory=list)
 
 
 # Top-level keys of the file that are not in SCHEMA (read on their own).
 FILE_SECTIONS = ("backends", "pools", "routes")
-BACKEND_KEYS = ("url", "id", "metric", "metric_url", "metric_path", "weight")
 
 
 def suggest_key(key: str, known: Iterable[str] | None = None) -> str | None:
@@ -289,7 +284,7 @@ class RawConfig:
     """Values as found, each with the place it came from, before validation."""
 
     values: dict[str, _Value] = field(default_factory=dict)
-    backends: list[_BackendSpec] = field(default_factory=list)
+    backends: list[BackendSpec] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     pools: list[_PoolSpec] = field(default_factory=list)
     routes: list[tuple[Any, str]] = field(default_factory=list)
@@ -317,42 +312,6 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, A
             yield dotted, value
 
 
-def _backend_specs(
-    items: Any, source: str, key: str, problems: list[str] | None = None
-) -> list[_BackendSpec]:
-    if not isinstance(items, list):
-        raise ConfigError(f"{source}: {key}: expected a list of backends")
-    specs = []
-    for index, item in enumerate(items):
-        where = f"{source}: {key}[{index}]"
-        with gathering(problems):
-            specs.append(_backend_spec(item, where))
-    return specs
-
-
-def _backend_spec(item: Any, where: str) -> _BackendSpec:
-    if isinstance(item, str):
-        return _BackendSpec(url=item, source=where)
-    if not isinstance(item, Mapping):
-        raise ConfigError(f"{where}: expected a URL or a mapping with url")
-    unknown = set(item) - set(BACKEND_KEYS)
-    if unknown:
-        name = str(sorted(unknown, key=str)[0])
-        meant = suggest_key(name, BACKEND_KEYS)
-        hint = f" (did you mean {meant}?)" if meant else ""
-        raise ConfigError(f"{where}: unknown key {name}{hint}")
-    if "url" not in item:
-        raise ConfigError(f"{where}: url is missing")
-    metric = item.get("metric", item.get("metric_url", item.get("metric_path")))
-    return _BackendSpec(
-        url=item["url"],
-        source=where,
-        id=item.get("id"),
-        metric=metric,
-        weight=item.get("weight", 1),
-    )
-
-
 def read_file(raw: RawConfig, path: str) -> None:
     """Merge a YAML configuration file into `raw`."""
     source = f"file {path}"
@@ -378,18 +337,18 @@ def read_file(raw: RawConfig, path: str) -> None:
     if "services" in data:  # the Traefik plugin's list of backend URLs
         services = data.pop("services")
         with raw.gathering():
-            raw.backends.extend(_backend_specs(services, source, "services", problems))
+            raw.backends.extend(backend_specs(services, source, "services", problems))
     upstream = data.pop("upstream", None)  # the Go balancer's `upstream: backends:`
     with raw.gathering():
         if isinstance(upstream, Mapping) and "backends" in upstream:
-            listed = _backend_specs(upstream["backends"], source, "upstream.backends", problems)
+            listed = backend_specs(upstream["backends"], source, "upstream.backends", problems)
             raw.backends.extend(listed)
         elif upstream is not None:
             raise ConfigError(f"{source}: upstream: expected a mapping with backends")
     if "backends" in data:
         backends = data.pop("backends")
         with raw.gathering():
-            raw.backends.extend(_backend_specs(backends, source, "backends", problems))
+            raw.backends.extend(backend_specs(backends, source, "backends", problems))
     if "pools" in data:
         pools = data.pop("pools")
         with raw.gathering():
@@ -427,7 +386,7 @@ def _pool_spec(name: str, body: Any, where: str, problems: list[str] | None) -> 
     spec = _PoolSpec(name, where)
     listed = body.pop("backends", [])
     with gathering(problems):
-        spec.backends = _backend_specs(listed, where, "backends", problems)
+        spec.backends = backend_specs(listed, where, "backends", problems)
     for key, value in _flatten(body):
         with gathering(problems):
             if key not in SCHEMA:
@@ -471,7 +430,7 @@ def _env_backends(raw: RawConfig, urls: str, ids: str | None, source: str) -> No
         backend_id = id_list[index] if id_list else None
         if backend_id is None and "=" in url.split("://")[0]:
             backend_id, url = url.split("=", 1)
-        raw.backends.append(_BackendSpec(url=url, id=backend_id, source=source))
+        raw.backends.append(BackendSpec(url=url, id=backend_id, source=source))
 
 
 def read_environment(raw: RawConfig, environ: Mapping[str, str]) -> None:
@@ -495,54 +454,6 @@ def read_environment(raw: RawConfig, environ: Mapping[str, str]) -> None:
         key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
         with raw.gathering():
             raw.set(key, environ[name], f"environment {name}")
-
-
-def _normalise_backend_url(url: str) -> str:
-    # The Go seed writes `ws:host:port`; the Traefik seed lists http(s):// service URLs.
-    m = re.match(r"^(wss?|https?):(?!//)(.+)$", url)
-    if m:
-        url = f"{m.group(1)}://{m.group(2)}"
-    parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))
-
-
-def _build_backend(spec: _BackendSpec, metric_path: str) -> BackendConfig:
-    url = _normalise_backend_url(str(spec.url).strip())
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ConfigError(
-            f"{spec.source}: url: expected ws://host:port or wss://host:port, got {spec.url!r}"
-        )
-    try:
-        _ = parts.port
-    except ValueError:
-        raise ConfigError(f"{spec.source}: url: bad port in {spec.url!r}")
-    http_scheme = "https" if parts.scheme == "wss" else "http"
-    metric = str(spec.metric) if spec.metric not in (None, "") else metric_path
-    metric_url: str | None
-    if metric.lower() == "none":
-        metric_url = None
-    elif metric.startswith("/"):
-        metric_url = urlunsplit((http_scheme, parts.netloc, metric, "", ""))
-    elif re.match(r"^https?://", metric):
-        metric_url = metric
-    else:
-        raise ConfigError(
-            f"{spec.source}: metric: expected a path, an http(s) URL or none, got {spec.metric!r}"
-        )
-    try:
-        weight = float(spec.weight)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{spec.source}: weight: expected a number, got {spec.weight!r}")
-    if not weight > 0:
-        raise ConfigError(f"{spec.source}: weight: must be above zero, got {spec.weight!r}")
-    backend_id = str(spec.id).strip() if spec.id not in (None, "") else parts.netloc
-    if not re.match(r"^[A-Za-z0-9_.:\-\[\]]{1,260}$", backend_id):
-        raise ConfigError(
-            f"{spec.source}: id: use letters, digits and . _ - : only, got {backend_id!r}"
-        )
-    return BackendConfig(id=backend_id, url=url, metric_url=metric_url, weight=weight)
 
 
 def build(raw: RawConfig, require_backends: bool = True) -> Config:
@@ -619,7 +530,7 @@ def _build_one(raw: RawConfig, require_backends: bool) -> Config:
     seen: dict[str, str] = {}
     for spec in raw.backends:
         with raw.gathering():
-            backend = _build_backend(spec, metric_path)
+            backend = build_backend(spec, metric_path)
             if backend.id in seen:
                 raise ConfigError(f"{spec.source}: id: {backend.id!r} is used twice")
             seen[backend.id] = spec.source
@@ -786,6 +697,8 @@ __all__ = [
     "ADMIN_RESERVED",
     "AFFINITY_MODES",
     "BACKEND_KEYS",
+    "BackendSpec",
+    "build_backend",
     "BackendConfig",
     "Config",
     "ConfigCheck",
