@@ -31,6 +31,7 @@ from wsbalancer.config.model import (
     BackendConfig,
     Config,
     Keepalive,
+    PoolConfig,
     Route,
 )
 from wsbalancer.config.schema import (
@@ -112,6 +113,7 @@ __all__ = [
     "Keepalive",
     "LOG_LEVELS",
     "POOL_KEY_PREFIXES",
+    "PoolConfig",
     "RawConfig",
     "Route",
     "SCHEMA",

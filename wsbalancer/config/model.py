@@ -1,8 +1,9 @@
 """The configuration model: the frozen dataclasses a validated configuration is made of.
 
-`Config` is the whole process's; `BackendConfig`, `Keepalive` and `Route` are its parts. No
-parsing here (the schema fills these from raw values), only what the rest of the balancer
-reads, so any floor may import it without pulling in YAML or the schema.
+`Config` is the whole process's and also its default pool's; `PoolConfig` is what one pool
+has (a named pool's settings); `BackendConfig`, `Keepalive` and `Route` are their parts. No
+parsing here (config.validate fills these from raw values), only what the rest of the
+balancer reads, so any floor may import it without pulling in YAML or the schema.
 """
 
 from __future__ import annotations
@@ -76,26 +77,15 @@ class Route:
 
 
 @dataclass(frozen=True)
-class Config:
-    """The balancer's whole configuration, validated.
-
-    The top-level settings are also the default pool's; each named pool in `pools` is a whole
-    `Config` of its own (the top-level one with that pool's keys over it)."""
+class PoolConfig:
+    """One pool: its backends and the settings a named pool may set for itself (the keys of
+    schema.POOL_KEY_PREFIXES). The rest (listen addresses, admin, client-side limits and
+    timeouts, logging, extensions, count polling) are the whole process's, in `Config`."""
 
     backends: tuple[BackendConfig, ...]
-    listen: tuple[str, ...] = ("tcp:8080",)
-    admin_listen: str = "tcp:8081:interface=127.0.0.1"
-    balancer_metric_path: str = "/balancer-metrics"
-    admin_token: str = ""
-    admin_open_reads: bool = False
-    # Host names the admin site answers besides IP literals, localhost and this machine's
-    # name ("*" for any, ".example.com" for a domain and its subdomains): DNS rebinding.
-    admin_allowed_hosts: tuple[str, ...] = ()
+    pool_name: str = DEFAULT_POOL
     metric_path: str = "/metric"
     strategy: str = "least-loaded"
-    poll_interval: float = 2.0
-    count_ttl: float = 30.0
-    fetch_timeout: float = 2.0
     health_fall: int = 3
     health_rise: int = 2
     breaker_threshold: int = 5
@@ -105,24 +95,9 @@ class Config:
     outlier_max_ejection_percent: float = 50.0
     backend_connect_timeout: float = 5.0
     backend_handshake_timeout: float = 10.0
-    client_handshake_timeout: float = 10.0
     # How long one client's handshake may spend dialling backends, all tries together.
     backend_total_timeout: float = 30.0
-    idle_timeout: float = 0.0
-    close_timeout: float = 5.0
-    client_keepalive: Keepalive = Keepalive(30.0, 10.0)
     backend_keepalive: Keepalive = Keepalive(30.0, 10.0)
-    max_message_size: int = 64 * 1024 * 1024
-    max_frame_size: int = 0
-    max_header_bytes: int = 16 * 1024
-    max_connections: int = 0
-    max_connections_per_ip: int = 0
-    # Plain-HTTP clients (httpproxy.py): the whole process's, like the other client limits.
-    http_head_timeout: float = 10.0
-    http_body_timeout: float = 30.0
-    http_body_min_rate: int = 500  # bytes/s that each extend the body's deadline by a second
-    http_keepalive_timeout: float = 60.0
-    max_http_connections: int = 4096
     forward_headers: tuple[str, ...] = ("*",)
     block_headers: tuple[str, ...] = ()
     pass_back_headers: tuple[str, ...] = ("set-cookie",)
@@ -132,14 +107,8 @@ class Config:
     tls_client_cert: str | None = None  # presented to wss:// backends (with tls_client_key)
     tls_client_key: str | None = None
     discovery: tuple[Any, ...] = ()  # discovery.DiscoverySource, one per DNS name
-    compression: bool = True
     backend_compression: str = "off"
-    compression_level: int = 1
-    workers: int = field(
-        default_factory=cpu_count
-    )  # processes sharing the listening sockets (workers.py)
     relay_mode: str = "message"  # or "splice": frames forwarded as they are (splice.py)
-    drain_period: float = 10.0
     removed_sessions: str = "drain"
     failover: bool = True
     failover_attempts: int = 3
@@ -149,12 +118,6 @@ class Config:
     failover_stable_after: float = 5.0
     reconnect_header: str = "X-Balancer-Reconnect"
     abnormal_close_codes: tuple[int, ...] = (1006, 1011, 1012, 1001, 1013)
-    listeners: tuple[str, ...] = ()
-    hooks: tuple[str, ...] = ()
-    log_level: str = "info"
-    log_format: str = "text"
-    log_library_level: str = "warn"
-    log_admin_access: str = "quiet"
     affinity: str = "off"
     affinity_cookie: str = "wsb_backend"
     affinity_secret: str = ""
@@ -166,15 +129,6 @@ class Config:
     http: bool = False
     http_timeout: float = 60.0
     http_max_body: int = 1024 * 1024
-    pool_name: str = DEFAULT_POOL
-    pools: tuple[Config, ...] = ()
-    routes: tuple[Route, ...] = ()
-    default_pool: str | None = DEFAULT_POOL
-    ignored: tuple[str, ...] = field(default=())
-
-    def all_pools(self) -> tuple[Config, ...]:
-        """The default pool (this config) followed by the named ones."""
-        return (self, *self.pools)
 
     def backend(self, backend_id: str) -> BackendConfig:
         """The backend with this id (KeyError when there is none)."""
@@ -182,3 +136,60 @@ class Config:
             if b.id == backend_id:
                 return b
         raise KeyError(backend_id)
+
+
+@dataclass(frozen=True)
+class Config(PoolConfig):
+    """The balancer's whole configuration, validated.
+
+    A `Config` is also a `PoolConfig`: the top-level settings are the default pool's. Each
+    named pool in `pools` is a `PoolConfig` of its own (the top-level pool settings with that
+    pool's keys over them)."""
+
+    listen: tuple[str, ...] = ("tcp:8080",)
+    admin_listen: str = "tcp:8081:interface=127.0.0.1"
+    balancer_metric_path: str = "/balancer-metrics"
+    admin_token: str = ""
+    admin_open_reads: bool = False
+    # Host names the admin site answers besides IP literals, localhost and this machine's
+    # name ("*" for any, ".example.com" for a domain and its subdomains): DNS rebinding.
+    admin_allowed_hosts: tuple[str, ...] = ()
+    # Count polling runs once for every pool, so its timing is the process's.
+    poll_interval: float = 2.0
+    count_ttl: float = 30.0
+    fetch_timeout: float = 2.0
+    client_handshake_timeout: float = 10.0
+    idle_timeout: float = 0.0
+    close_timeout: float = 5.0
+    client_keepalive: Keepalive = Keepalive(30.0, 10.0)
+    max_message_size: int = 64 * 1024 * 1024
+    max_frame_size: int = 0
+    max_header_bytes: int = 16 * 1024
+    max_connections: int = 0
+    max_connections_per_ip: int = 0
+    # Plain-HTTP clients (httpproxy.py): the whole process's, like the other client limits.
+    http_head_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_body_min_rate: int = 500  # bytes/s that each extend the body's deadline by a second
+    http_keepalive_timeout: float = 60.0
+    max_http_connections: int = 4096
+    compression: bool = True
+    compression_level: int = 1
+    workers: int = field(
+        default_factory=cpu_count
+    )  # processes sharing the listening sockets (workers.py)
+    drain_period: float = 10.0
+    listeners: tuple[str, ...] = ()
+    hooks: tuple[str, ...] = ()
+    log_level: str = "info"
+    log_format: str = "text"
+    log_library_level: str = "warn"
+    log_admin_access: str = "quiet"
+    pools: tuple[PoolConfig, ...] = ()
+    routes: tuple[Route, ...] = ()
+    default_pool: str | None = DEFAULT_POOL
+    ignored: tuple[str, ...] = field(default=())
+
+    def all_pools(self) -> tuple[PoolConfig, ...]:
+        """The default pool (this config) followed by the named ones."""
+        return (self, *self.pools)

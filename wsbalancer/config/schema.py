@@ -12,7 +12,7 @@ from typing import Any
 
 from wsbalancer.config.backends import BackendSpec
 from wsbalancer.config.discovery import parse_sources
-from wsbalancer.config.model import Config
+from wsbalancer.config.model import Config, PoolConfig
 from wsbalancer.config.values import (
     ConfigError,
     closest_key,
@@ -256,7 +256,7 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, An
 
 
 # Config fields that two-part keys fill (the SCHEMA field names starting with _).
-_DERIVED_FIELDS: dict[str, Callable[[Config], Any]] = {
+_DERIVED_FIELDS: dict[str, Callable[[Any], Any]] = {
     "_metric_path": lambda c: c.metric_path,
     "_client_ping": lambda c: c.client_keepalive.ping_interval,
     "_client_pong": lambda c: c.client_keepalive.pong_timeout,
@@ -265,8 +265,10 @@ _DERIVED_FIELDS: dict[str, Callable[[Config], Any]] = {
 }
 
 
-def effective_value(config: Config, key: str) -> Any:
-    """The value `config` holds for a dotted key of the file format."""
+def effective_value(config: Config, key: str, pool: PoolConfig | None = None) -> Any:
+    """The value `config` holds for a dotted key of the file format; with `pool` (one of
+    `config.all_pools()`), a key a pool may set is read from that pool."""
+    holder: PoolConfig = pool if pool is not None and key.startswith(POOL_KEY_PREFIXES) else config
     field_name = SCHEMA[key][1]
     derived = _DERIVED_FIELDS.get(field_name)
-    return derived(config) if derived is not None else getattr(config, field_name)
+    return derived(holder) if derived is not None else getattr(holder, field_name)

@@ -252,9 +252,8 @@ class ConfigCheck:
             item = set_here.get(key)
             if spec is not None and key == "discovery" and key not in spec.values:
                 item = None  # a named pool never inherits the top-level sources
-            out.append(
-                (key, effective_value(config, key), "default" if item is None else item.source)
-            )
+            value = effective_value(self.config, key, config)
+            out.append((key, value, "default" if item is None else item.source))
         return out
 
     def backends(self, pool: str = DEFAULT_POOL) -> list[tuple[BackendConfig, str]]:

@@ -6,11 +6,18 @@ feeding one pool, routes naming pools that exist, a client certificate with its 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from wsbalancer.config.backends import build_backend
-from wsbalancer.config.model import DEFAULT_POOL, BackendConfig, Config, Keepalive, Route
+from wsbalancer.config.model import (
+    DEFAULT_POOL,
+    BackendConfig,
+    Config,
+    Keepalive,
+    PoolConfig,
+    Route,
+)
 from wsbalancer.config.schema import SCHEMA, RawConfig
 from wsbalancer.config.values import ConfigError, parse_path
 
@@ -24,7 +31,7 @@ def build(raw: RawConfig, require_backends: bool = True) -> Config:
         merged = RawConfig(
             values={**inherited, **spec.values}, backends=spec.backends, problems=raw.problems
         )
-        pools.append(replace(_build_one(merged, True), pool_name=spec.name))
+        pools.append(_pool_part(_build_one(merged, True), spec.name))
     # A pool fed by DNS discovery exists even with no backend listed yet.
     names = {DEFAULT_POOL} if config.backends or config.discovery else set()
     found_by: dict[str, str] = {}
@@ -62,6 +69,13 @@ def build(raw: RawConfig, require_backends: bool = True) -> Config:
                 )
         default = None  # only named pools: what no route takes gets 404
     return replace(config, pools=tuple(pools), routes=tuple(routes), default_pool=default)
+
+
+def _pool_part(config: Config, name: str) -> PoolConfig:
+    """The pool settings of a `Config` built for one named pool: the rest of it only repeats
+    the top level's (the pool inherited them), so the pool keeps none of it."""
+    own = {f.name: getattr(config, f.name) for f in fields(PoolConfig)}
+    return PoolConfig(**{**own, "pool_name": name})
 
 
 def _build_one(raw: RawConfig, require_backends: bool) -> Config:

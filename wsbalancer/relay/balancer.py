@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 
-from wsbalancer.config import DEFAULT_POOL, BackendConfig, Config
+from wsbalancer.config import DEFAULT_POOL, BackendConfig, Config, PoolConfig
 from wsbalancer.observe.counters import BalancerMetrics
 from wsbalancer.observe.logs import Lazy, logger
 from wsbalancer.relay import hooks as extensions
@@ -36,7 +36,7 @@ from wsbalancer.wire.compression import accept_deflate_offer, refuse_compression
 from wsbalancer.wire.lean import bake_options
 
 
-def _affinity_settings(config: Config) -> tuple[Any, ...]:
+def _affinity_settings(config: PoolConfig) -> tuple[Any, ...]:
     return (
         config.affinity,
         config.affinity_cookie,
@@ -93,12 +93,12 @@ class Balancer:
 
     # --- pools ----------------------------------------------------------------------
 
-    def _new_lane(self, config: Config) -> Lane:
+    def _new_lane(self, config: PoolConfig) -> Lane:
         pool = BackendPool(
             config.backends,
             seconds=self.clock.seconds,
             strategy=config.strategy,
-            count_ttl=config.count_ttl,
+            count_ttl=self.config.count_ttl,  # count polling is the process's
             fall=config.health_fall,
             rise=config.health_rise,
             breaker_threshold=config.breaker_threshold,
@@ -117,8 +117,9 @@ class Balancer:
         dialer = BackendDialer(
             self.reactor,
             config,
-            HookedBackendProtocol if config.hooks else BackendProtocol,
+            HookedBackendProtocol if self.config.hooks else BackendProtocol,
             clock=self.clock,
+            process=self.config,
         )
         lane = Lane(config, pool, dialer, self._new_affinity(config))
         make_poller = getattr(self, "make_poller", None)  # unset while __init__ runs
@@ -126,7 +127,7 @@ class Balancer:
             lane.poller = make_poller(pool)
         return lane
 
-    def _new_affinity(self, config: Config) -> Affinity:
+    def _new_affinity(self, config: PoolConfig) -> Affinity:
         secret = config.affinity_secret.encode()
         if config.affinity == "cookie" and not secret:
             secret = self._secrets.get(config.pool_name, b"")
@@ -248,12 +249,12 @@ class Balancer:
             changes.append(f"routes now {len(new.routes)} (default pool {new.default_pool})")
         return changes
 
-    def _apply_pool(self, lane: Lane, new: Config) -> list[str]:
+    def _apply_pool(self, lane: Lane, new: PoolConfig) -> list[str]:
         """Apply one pool's new settings and backend list."""
         old, lane.config = lane.config, new
         prefix = "" if new.pool_name == DEFAULT_POOL else f"pool {new.pool_name}: "
         changes: list[str] = []
-        lane.dialer.reconfigure(new)
+        lane.dialer.reconfigure(new, self.config)
         if _affinity_settings(old) != _affinity_settings(new):
             lane.affinity.release_all()
             lane.affinity = self._new_affinity(new)
@@ -264,7 +265,7 @@ class Balancer:
         ):
             lane.http_agent = None  # rebuilt with the new timeouts on next use
         pool = lane.pool
-        pool.strategy, pool.count_ttl = new.strategy, new.count_ttl
+        pool.strategy, pool.count_ttl = new.strategy, self.config.count_ttl
         pool.fall, pool.rise = new.health_fall, new.health_rise
         pool.breaker_threshold, pool.breaker_cooldown = new.breaker_threshold, new.breaker_cooldown
         if pool.outliers is not None:

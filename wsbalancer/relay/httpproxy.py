@@ -44,7 +44,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from wsbalancer.config import Config
+from wsbalancer.config import Config, PoolConfig
 from wsbalancer.observe.logs import logger
 from wsbalancer.upstream.affinity import new_nonce, strip_cookie
 from wsbalancer.upstream.dialer import backend_resource, tls_options
@@ -692,7 +692,7 @@ class _QuietHTTPFactory(_HTTP11ClientFactory):
 class _BackendTLSPolicy:
     """TLS for https:// backends with the pool's verification rules."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: PoolConfig) -> None:
         self.config = config
         self._by_host: dict[str, Any] = {}
 
