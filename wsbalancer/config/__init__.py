@@ -7,7 +7,7 @@ what is wrong, in one line.
 The package is split by concern, each module importing only those above it:
 
 - `values`: `ConfigError` and the parsers of single values (durations, sizes, endpoints...);
-- `model`: the dataclasses of a validated configuration (`Config`, `BackendConfig`, ...);
+- `model`: the dataclasses of a validated configuration (`Config`, `PoolConfig`, ...);
 - `backends`: one backend as listed (a URL or mapping) validated into a `BackendConfig`;
 - `discovery`: DNS discovery sources (the `discovery` key);
 - `schema`: the dotted keys, their parsers and fields, raw values with their sources;
