@@ -39,7 +39,7 @@ from wsbalancer.admin.api_requests import (
 )
 from wsbalancer.admin.api_sessions import SessionRoutes, session_view
 from wsbalancer.admin.api_workers import all_backend_figures, all_sessions, broadcast, from_worker
-from wsbalancer.config import DEFAULT_POOL, ConfigError, _BackendSpec, _build_backend
+from wsbalancer.config import DEFAULT_POOL, BackendSpec, ConfigError, build_backend
 from wsbalancer.observe.logs import logger
 from wsbalancer.relay.ids import session_owner
 
@@ -237,7 +237,7 @@ class AdminApi(Resource):
         weight = body.get("weight", 1)
         if isinstance(weight, bool) or not isinstance(weight, int | float):
             raise ApiError(400, "bad_body", "weight must be a number")
-        spec = _BackendSpec(
+        spec = BackendSpec(
             url=body["url"],
             source="request",
             id=body.get("id"),
@@ -256,7 +256,7 @@ class AdminApi(Resource):
             # (With only named pools the default one takes no request: nothing to add to.)
             raise ApiError(404, "unknown_pool", f"no pool named {name!r}")
         try:
-            config = _build_backend(spec, lane.config.metric_path)
+            config = build_backend(spec, lane.config.metric_path)
         except ConfigError as e:
             raise ApiError(400, "bad_backend", str(e).removeprefix("request: "))
         if any(

@@ -3,1241 +3,157 @@
 Everything here is plain Python with no I/O beyond reading the one file, so every rule is
 unit-testable. A bad value raises `ConfigError` whose message names the source, the key and
 what is wrong, in one line.
+
+The package is split by concern, each module importing only those above it:
+
+- `values`: `ConfigError` and the parsers of single values (durations, sizes, endpoints...);
+- `model`: the dataclasses of a validated configuration (`Config`, `PoolConfig`, ...);
+- `backends`: one backend as listed (a URL or mapping) validated into a `BackendConfig`;
+- `discovery`: DNS discovery sources (the `discovery` key);
+- `schema`: the dotted keys, their parsers and fields, raw values with their sources;
+- `validate`: raw values into a `Config`, and the rules that span keys;
+- `sources`: reading the file, environment and flags; `load` and `check`.
+
+This module only re-exports their public names, so `from wsbalancer.config import X` works
+as it did before the split; the submodules import one another directly, never from here.
 """
 
 from __future__ import annotations
 
-import difflib
-import os
-import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field, replace
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-import yaml
-
-STRATEGIES = ("least-loaded", "power-of-two", "round-robin")
-AFFINITY_MODES = ("off", "cookie", "header", "query", "client-address")
-DEFAULT_POOL = "default"
-LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
-# Admin-site access lines: every request, all but probes and scrapes, or none.
-ADMIN_ACCESS = ("all", "quiet", "off")
-ENV_PREFIX = "WSBALANCER_"
-# Twisted server endpoint types: such strings pass as they are.
-ENDPOINT_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix", "systemd", "le", "lets", "onion"})
-
-# Headers that belong to one hop or to the WebSocket handshake itself: each leg writes its own.
-HANDSHAKE_HEADERS = frozenset(
-    {
-        "host",
-        "upgrade",
-        "connection",
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-        "sec-websocket-accept",
-        "content-length",
-        "transfer-encoding",
-        "te",
-        "trailer",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "origin",
-    }
+from wsbalancer.config.backends import (
+    BACKEND_KEYS,
+    BackendSpec,
+    build_backend,
+)
+from wsbalancer.config.model import (
+    DEFAULT_POOL,
+    HANDSHAKE_HEADERS,
+    BackendConfig,
+    Config,
+    Keepalive,
+    PoolConfig,
+    Route,
+)
+from wsbalancer.config.schema import (
+    ADMIN_ACCESS,
+    AFFINITY_MODES,
+    ENV_PREFIX,
+    FILE_SECTIONS,
+    LOG_LEVELS,
+    POOL_KEY_PREFIXES,
+    SCHEMA,
+    STRATEGIES,
+    RawConfig,
+    effective_value,
+    parse_discovery,
+    suggest_key,
+    unknown_key,
+)
+from wsbalancer.config.sources import (
+    SEED_ENV,
+    SEED_ENV_IGNORED,
+    TRAEFIK_KEYS,
+    ConfigCheck,
+    check,
+    load,
+    read_environment,
+    read_file,
+    read_sources,
+)
+from wsbalancer.config.validate import (
+    build,
+)
+from wsbalancer.config.values import (
+    ADMIN_RESERVED,
+    ENDPOINT_TYPES,
+    HOST_NAME,
+    ConfigError,
+    gathering,
+    parse_bool,
+    parse_ca_file,
+    parse_close_codes,
+    parse_compression_level,
+    parse_cookie_name,
+    parse_dotted_names,
+    parse_duration,
+    parse_endpoint,
+    parse_endpoints,
+    parse_header_list,
+    parse_host_patterns,
+    parse_int,
+    parse_list,
+    parse_load_factor,
+    parse_metric_document_path,
+    parse_metric_path,
+    parse_path,
+    parse_percent,
+    parse_pool_name,
+    parse_positive_duration,
+    parse_positive_int,
+    parse_size,
+    parse_workers,
 )
 
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message is the one line an operator sees."""
-
-
-@dataclass(frozen=True)
-class BackendConfig:
-    """One backend: where to dial it and where its connection count is read."""
-
-    id: str
-    url: str
-    metric_url: str | None  # None: the backend has no count endpoint; only ours is known
-    weight: float = 1.0
-    server_name: str | None = None  # TLS name to verify when the URL holds an address
-
-
-@dataclass(frozen=True)
-class Keepalive:
-    """Ping/pong keepalive of one leg; an interval of 0 turns it off."""
-
-    ping_interval: float
-    pong_timeout: float
-
-
-@dataclass(frozen=True)
-class Route:
-    """Requests whose path starts with `path` (and whose Host is `host`, when set) go to `pool`."""
-
-    path: str
-    pool: str
-    host: str | None = None
-
-    def matches(self, path: str, host: str | None) -> bool:
-        """Whether a request for `path` on `host` takes this route."""
-        if self.host is not None and (host or "").lower() != self.host:
-            return False
-        prefix = self.path
-        return path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/")
-
-
-@dataclass(frozen=True)
-class Config:
-    """The balancer's whole configuration, validated.
-
-    The top-level settings are also the default pool's; each named pool in `pools` is a whole
-    `Config` of its own (the top-level one with that pool's keys over it)."""
-
-    backends: tuple[BackendConfig, ...]
-    listen: tuple[str, ...] = ("tcp:8080",)
-    admin_listen: str = "tcp:8081:interface=127.0.0.1"
-    balancer_metric_path: str = "/balancer-metrics"
-    admin_token: str = ""
-    admin_open_reads: bool = False
-    # Host names the admin site answers besides IP literals, localhost and this machine's
-    # name ("*" for any, ".example.com" for a domain and its subdomains): DNS rebinding.
-    admin_allowed_hosts: tuple[str, ...] = ()
-    metric_path: str = "/metric"
-    strategy: str = "least-loaded"
-    poll_interval: float = 2.0
-    count_ttl: float = 30.0
-    fetch_timeout: float = 2.0
-    health_fall: int = 3
-    health_rise: int = 2
-    breaker_threshold: int = 5
-    breaker_cooldown: float = 10.0
-    outlier_consecutive_failures: int = 3  # outlier.py; 0 turns ejection off
-    outlier_base_ejection: float = 30.0
-    outlier_max_ejection_percent: float = 50.0
-    backend_connect_timeout: float = 5.0
-    backend_handshake_timeout: float = 10.0
-    client_handshake_timeout: float = 10.0
-    # How long one client's handshake may spend dialling backends, all tries together.
-    backend_total_timeout: float = 30.0
-    idle_timeout: float = 0.0
-    close_timeout: float = 5.0
-    client_keepalive: Keepalive = Keepalive(30.0, 10.0)
-    backend_keepalive: Keepalive = Keepalive(30.0, 10.0)
-    max_message_size: int = 64 * 1024 * 1024
-    max_frame_size: int = 0
-    max_header_bytes: int = 16 * 1024
-    max_connections: int = 0
-    max_connections_per_ip: int = 0
-    # Plain-HTTP clients (httpproxy.py): the whole process's, like the other client limits.
-    http_head_timeout: float = 10.0
-    http_body_timeout: float = 30.0
-    http_body_min_rate: int = 500  # bytes/s that each extend the body's deadline by a second
-    http_keepalive_timeout: float = 60.0
-    max_http_connections: int = 4096
-    forward_headers: tuple[str, ...] = ("*",)
-    block_headers: tuple[str, ...] = ()
-    pass_back_headers: tuple[str, ...] = ("set-cookie",)
-    trust_x_forwarded_for: bool = False
-    tls_verify: bool = True
-    tls_ca_file: str | None = None
-    tls_client_cert: str | None = None  # presented to wss:// backends (with tls_client_key)
-    tls_client_key: str | None = None
-    discovery: tuple[Any, ...] = ()  # discovery.DiscoverySource, one per DNS name
-    compression: bool = True
-    backend_compression: str = "off"
-    compression_level: int = 1
-    workers: int = field(
-        default_factory=lambda: _cpu_count()
-    )  # processes sharing the listening sockets (workers.py)
-    relay_mode: str = "message"  # or "splice": frames forwarded as they are (splice.py)
-    drain_period: float = 10.0
-    removed_sessions: str = "drain"
-    failover: bool = True
-    failover_attempts: int = 3
-    failover_backoff: float = 0.25
-    failover_buffer: int = 1024 * 1024
-    failover_max_consecutive: int = 10
-    failover_stable_after: float = 5.0
-    reconnect_header: str = "X-Balancer-Reconnect"
-    abnormal_close_codes: tuple[int, ...] = (1006, 1011, 1012, 1001, 1013)
-    listeners: tuple[str, ...] = ()
-    hooks: tuple[str, ...] = ()
-    log_level: str = "info"
-    log_format: str = "text"
-    log_library_level: str = "warn"
-    log_admin_access: str = "quiet"
-    affinity: str = "off"
-    affinity_cookie: str = "wsb_backend"
-    affinity_secret: str = ""
-    affinity_samesite: str = "Lax"
-    affinity_max_age: float = 0.0
-    affinity_key: str = ""
-    affinity_load_factor: float = 1.25
-    affinity_pin_idle: float = 120.0
-    http: bool = False
-    http_timeout: float = 60.0
-    http_max_body: int = 1024 * 1024
-    pool_name: str = DEFAULT_POOL
-    pools: tuple[Config, ...] = ()
-    routes: tuple[Route, ...] = ()
-    default_pool: str | None = DEFAULT_POOL
-    ignored: tuple[str, ...] = field(default=())
-
-    def all_pools(self) -> tuple[Config, ...]:
-        """The default pool (this config) followed by the named ones."""
-        return (self, *self.pools)
-
-    def backend(self, backend_id: str) -> BackendConfig:
-        """The backend with this id (KeyError when there is none)."""
-        for b in self.backends:
-            if b.id == backend_id:
-                return b
-        raise KeyError(backend_id)
-
-
-# --- value parsers: each takes the raw value and returns the typed one or raises ValueError ---
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_SIZE = re.compile(r"^\s*(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1024,
-    "kb": 1000,
-    "kib": 1024,
-    "m": 1024**2,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "g": 1024**3,
-    "gb": 1000**3,
-    "gib": 1024**3,
-}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string such as `500ms`, `10s`, `2m`."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 10s or 500ms")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(str(value))
-        if not m:
-            raise ValueError(f"expected a duration such as 10s or 500ms, got {value!r}")
-        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[m.group(2)]
-        seconds = float(m.group(1)) * scale
-    if seconds < 0:
-        raise ValueError(f"must not be negative, got {value!r}")
-    return seconds
-
-
-def parse_positive_duration(value: Any) -> float:
-    """A duration that must be above zero."""
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"must be above zero, got {value!r}")
-    return seconds
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from an integer or a string such as `64KiB`, `16MiB`."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 65536 or 64KiB")
-    if isinstance(value, int):
-        size = value
-    else:
-        m = _SIZE.match(str(value))
-        if not m:
-            raise ValueError(f"expected a size such as 65536 or 64KiB, got {value!r}")
-        size = int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
-    if size < 0:
-        raise ValueError(f"must not be negative, got {value!r}")
-    return size
-
-
-def parse_int(value: Any) -> int:
-    """A non-negative integer."""
-    if isinstance(value, bool):
-        raise ValueError("expected a whole number")
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {value!r}")
-    if number < 0:
-        raise ValueError(f"must not be negative, got {value!r}")
-    return number
-
-
-def parse_positive_int(value: Any) -> int:
-    """An integer of at least one."""
-    number = parse_int(value)
-    if number < 1:
-        raise ValueError(f"must be at least 1, got {value!r}")
-    return number
-
-
-def _cpu_count() -> int:
-    from wsbalancer.service.workers import cpu_count
-
-    return cpu_count()
-
-
-def parse_workers(value: Any) -> int:
-    """`auto` (one per core) or a number of processes, 1 to 256."""
-    if str(value).strip().lower() == "auto":
-        return _cpu_count()
-    number = parse_positive_int(value)
-    if number > 256:
-        raise ValueError(f"at most 256 worker processes, got {value!r}")
-    return number
-
-
-def parse_bool(value: Any) -> bool:
-    """true/false, yes/no, on/off, 1/0."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def parse_list(value: Any) -> tuple[str, ...]:
-    """A YAML list or a comma-separated string."""
-    if value is None:
-        return ()
-    items = value if isinstance(value, list | tuple) else str(value).split(",")
-    return tuple(str(item).strip() for item in items if str(item).strip())
-
-
-_HOST_LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
-HOST_NAME = re.compile(rf"{_HOST_LABEL}(\.{_HOST_LABEL})*")
-
-
-def parse_host_patterns(value: Any) -> tuple[str, ...]:
-    """Host names (lower-cased, no port), `.domain` for a domain and its subdomains, or `*`."""
-    patterns = []
-    for item in parse_list(value):
-        name = item.lower().rstrip(".")
-        if name != "*" and not HOST_NAME.fullmatch(name.removeprefix(".")):
-            raise ValueError(f"expected host names, .domain or *, got {item!r}")
-        patterns.append(name)
-    return tuple(patterns)
-
-
-def parse_header_list(value: Any) -> tuple[str, ...]:
-    """Header names, lower-cased."""
-    return tuple(h.lower() for h in parse_list(value))
-
-
-def parse_close_codes(value: Any) -> tuple[int, ...]:
-    """WebSocket close codes."""
-    codes = []
-    for item in parse_list(value):
-        code = parse_int(item)
-        if not 1000 <= code <= 4999:
-            raise ValueError(f"close code {code} is outside 1000-4999")
-        codes.append(code)
-    return tuple(codes)
-
-
-def _enum(choices: Iterable[str], aliases: Mapping[str, str] | None = None) -> Callable[[Any], str]:
-    allowed = tuple(choices)
-    alias = dict(aliases or {})
-
-    def parse(value: Any) -> str:
-        text = alias.get(str(value).strip().lower(), str(value).strip().lower())
-        if text not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
-        return text
-
-    return parse
-
-
-def parse_endpoint(value: Any) -> str:
-    """A Twisted endpoint string, or the seed's `host:port` / `:port` form."""
-    text = str(value).strip()
-    if not text:
-        raise ValueError("empty listen address")
-    if text.split(":", 1)[0] in ENDPOINT_TYPES:
-        return text
-    m = re.match(r"^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.\-]*)):(\d+)$", text)
-    if m:
-        host = m.group(1) or m.group(2) or ""
-        port = int(m.group(3))
-        if port > 65535:
-            raise ValueError(f"port {port} is out of range")
-        if not host:
-            return f"tcp:{port}"
-        if m.group(1):
-            return f"tcp6:{port}:interface={host.replace(':', chr(92) + ':')}"
-        return f"tcp:{port}:interface={host}"
-    raise ValueError(f"expected an endpoint such as tcp:8080 or 127.0.0.1:8080, got {value!r}")
-
-
-def parse_endpoints(value: Any) -> tuple[str, ...]:
-    """One or several endpoints."""
-    items: list[str] | tuple[str, ...]
-    if isinstance(value, list | tuple):
-        items = [str(v) for v in value]
-    else:
-        # endpoint strings contain commas only inside ssl options, which users list in YAML
-        items = [value] if str(value).startswith(("ssl:", "unix:")) else parse_list(value)
-    endpoints = tuple(parse_endpoint(v) for v in items)
-    if not endpoints:
-        raise ValueError("at least one listen address is needed")
-    return endpoints
-
-
-def parse_compression_level(value: Any) -> int:
-    """A zlib level, 1 (fastest) to 9 (smallest)."""
-    level = parse_int(value)
-    if not 1 <= level <= 9:
-        raise ValueError(f"expected a zlib level from 1 to 9, got {value!r}")
-    return level
-
-
-def parse_dotted_names(value: Any) -> tuple[str, ...]:
-    """Importable dotted names (checked now, so a typo stops start-up, not a session)."""
-    from twisted.python.reflect import namedAny
-
-    names = parse_list(value)
-    for name in names:
-        try:
-            namedAny(name)
-        except Exception as e:
-            raise ValueError(f"cannot import {name!r} ({e.__class__.__name__}: {e})")
-    return names
-
-
-def parse_metric_path(value: Any) -> str:
-    """Where backends report their count: a path, an http(s) URL, or none."""
-    text = str(value).strip()
-    if text.lower() == "none" or text.startswith("/") or re.match(r"^https?://", text):
-        return text
-    raise ValueError(f"expected a path starting with /, an http(s) URL or none, got {value!r}")
-
-
-# First path segments of the admin site's own endpoints.
-ADMIN_RESERVED = {
-    "api": "the admin API",
-    "metrics": "Prometheus",
-    "healthz": "health",
-    "readyz": "readiness",
-    "dashboard": "the dashboard",
-    "dashboard.js": "the dashboard's script",
-}
-
-
-def parse_metric_document_path(value: Any) -> str:
-    """Where the JSON distribution is served: a path not taken by another endpoint."""
-    path = parse_path(value)
-    first = path.strip("/").split("/")[0]
-    if first in ADMIN_RESERVED:
-        raise ValueError(f"/{first} is taken by {ADMIN_RESERVED[first]}")
-    if not first:
-        raise ValueError("the admin site's root is taken by its index")
-    return path
-
-
-def parse_path(value: Any) -> str:
-    """An absolute URL path."""
-    text = str(value).strip()
-    if not text.startswith("/"):
-        raise ValueError(f"expected a path starting with /, got {value!r}")
-    return text
-
-
-def parse_load_factor(value: Any) -> float:
-    """The bounded-load factor of consistent hashing: above 1 (1.25 = 25% over the mean)."""
-    try:
-        factor = float(str(value).strip())
-    except ValueError:
-        raise ValueError(f"expected a number above 1, got {value!r}")
-    if not factor > 1:
-        raise ValueError(f"expected a number above 1, got {value!r}")
-    return factor
-
-
-def parse_percent(value: Any) -> float:
-    """A share from 0 to 100 (a trailing % is allowed)."""
-    text = str(value).strip().removesuffix("%")
-    try:
-        percent = float(text)
-    except ValueError:
-        raise ValueError(f"expected a percentage from 0 to 100, got {value!r}")
-    if not 0 <= percent <= 100:
-        raise ValueError(f"expected a percentage from 0 to 100, got {value!r}")
-    return percent
-
-
-def parse_cookie_name(value: Any) -> str:
-    """A cookie name (an RFC 6265 token)."""
-    text = str(value).strip()
-    if not re.match(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]{1,64}$", text):
-        raise ValueError(f"expected a cookie name of letters, digits and -_. only, got {value!r}")
-    return text
-
-
-def parse_pool_name(value: Any) -> str | None:
-    """A pool name, or none (requests no route takes get 404)."""
-    text = str(value).strip()
-    if text.lower() in ("none", ""):
-        return None
-    return text
-
-
-def parse_ca_file(value: Any) -> str | None:
-    """A readable file, or empty for none."""
-    if value in (None, ""):
-        return None
-    path = str(value)
-    if not os.path.isfile(path):
-        raise ValueError(f"no such file: {path}")
-    return path
-
-
-def parse_discovery(value: Any) -> tuple[Any, ...]:
-    """DNS discovery sources (see wsbalancer.config.discovery)."""
-    from wsbalancer.config.discovery import parse_sources
-
-    return parse_sources(value)
-
-
-# The keys of the file format, dotted, each with its parser and the Config field it fills.
-SCHEMA: dict[str, tuple[Callable[[Any], Any], str]] = {
-    "listen": (parse_endpoints, "listen"),
-    "admin.listen": (parse_endpoint, "admin_listen"),
-    "admin.balancer_metric_path": (parse_metric_document_path, "balancer_metric_path"),
-    "admin.token": (str, "admin_token"),
-    "admin.open_reads": (parse_bool, "admin_open_reads"),
-    "admin.allowed_hosts": (parse_host_patterns, "admin_allowed_hosts"),
-    "balancing.strategy": (
-        _enum(
-            STRATEGIES,
-            {
-                "leastconn": "least-loaded",
-                "least-connections": "least-loaded",
-                "p2c": "power-of-two",
-                "power-of-two-choices": "power-of-two",
-                "roundrobin": "round-robin",
-            },
-        ),
-        "strategy",
-    ),
-    "balancing.poll_interval": (parse_positive_duration, "poll_interval"),
-    "balancing.count_ttl": (parse_positive_duration, "count_ttl"),
-    "balancing.fetch_timeout": (parse_positive_duration, "fetch_timeout"),
-    "balancing.metric_path": (parse_metric_path, "_metric_path"),
-    "health.fall": (parse_positive_int, "health_fall"),
-    "health.rise": (parse_positive_int, "health_rise"),
-    "breaker.threshold": (parse_positive_int, "breaker_threshold"),
-    "breaker.cooldown": (parse_positive_duration, "breaker_cooldown"),
-    "outlier.consecutive_failures": (parse_int, "outlier_consecutive_failures"),
-    "outlier.base_ejection": (parse_duration, "outlier_base_ejection"),
-    "outlier.max_ejection_percent": (parse_percent, "outlier_max_ejection_percent"),
-    "timeouts.backend_connect": (parse_positive_duration, "backend_connect_timeout"),
-    "timeouts.backend_handshake": (parse_positive_duration, "backend_handshake_timeout"),
-    "timeouts.backend_total": (parse_positive_duration, "backend_total_timeout"),
-    "timeouts.client_handshake": (parse_positive_duration, "client_handshake_timeout"),
-    "timeouts.idle": (parse_duration, "idle_timeout"),
-    "timeouts.close": (parse_positive_duration, "close_timeout"),
-    "keepalive.client.ping_interval": (parse_duration, "_client_ping"),
-    "keepalive.client.pong_timeout": (parse_duration, "_client_pong"),
-    "keepalive.backend.ping_interval": (parse_duration, "_backend_ping"),
-    "keepalive.backend.pong_timeout": (parse_duration, "_backend_pong"),
-    "limits.max_message_size": (parse_size, "max_message_size"),
-    "limits.max_frame_size": (parse_size, "max_frame_size"),
-    "limits.max_header_bytes": (parse_size, "max_header_bytes"),
-    "limits.max_connections": (parse_int, "max_connections"),
-    "limits.max_connections_per_ip": (parse_int, "max_connections_per_ip"),
-    "limits.max_http_connections": (parse_int, "max_http_connections"),
-    "limits.http_body_min_rate": (parse_size, "http_body_min_rate"),
-    "timeouts.http_head": (parse_positive_duration, "http_head_timeout"),
-    "timeouts.http_body": (parse_positive_duration, "http_body_timeout"),
-    "timeouts.http_keepalive": (parse_positive_duration, "http_keepalive_timeout"),
-    "workers": (parse_workers, "workers"),
-    "headers.forward": (parse_header_list, "forward_headers"),
-    "headers.block": (parse_header_list, "block_headers"),
-    "headers.pass_back": (parse_header_list, "pass_back_headers"),
-    "headers.trust_x_forwarded_for": (parse_bool, "trust_x_forwarded_for"),
-    "tls.verify": (parse_bool, "tls_verify"),
-    "tls.ca_file": (parse_ca_file, "tls_ca_file"),
-    "tls.client_cert": (parse_ca_file, "tls_client_cert"),
-    "tls.client_key": (parse_ca_file, "tls_client_key"),
-    "discovery": (parse_discovery, "discovery"),
-    "compression.client": (parse_bool, "compression"),
-    "compression.backend": (_enum(("off", "mirror")), "backend_compression"),
-    "compression.level": (parse_compression_level, "compression_level"),
-    "relay.mode": (_enum(("message", "splice")), "relay_mode"),
-    "shutdown.drain_period": (parse_duration, "drain_period"),
-    "reload.removed_sessions": (_enum(("drain", "failover")), "removed_sessions"),
-    "failover.enabled": (parse_bool, "failover"),
-    "failover.attempts": (parse_positive_int, "failover_attempts"),
-    "failover.backoff": (parse_positive_duration, "failover_backoff"),
-    "failover.buffer": (parse_size, "failover_buffer"),
-    "failover.max_consecutive": (parse_int, "failover_max_consecutive"),
-    "failover.stable_after": (parse_duration, "failover_stable_after"),
-    "failover.reconnect_header": (str, "reconnect_header"),
-    "failover.close_codes": (parse_close_codes, "abnormal_close_codes"),
-    "extensions.listeners": (parse_dotted_names, "listeners"),
-    "extensions.hooks": (parse_dotted_names, "hooks"),
-    "log.level": (_enum(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}), "log_level"),
-    "log.format": (_enum(("text", "json")), "log_format"),
-    "log.library_level": (
-        _enum(LOG_LEVELS, {"warning": "warn", "fatal": "critical"}),
-        "log_library_level",
-    ),
-    "log.admin_access": (_enum(ADMIN_ACCESS, {"on": "all", "none": "off"}), "log_admin_access"),
-    "affinity.mode": (
-        _enum(AFFINITY_MODES, {"none": "off", "false": "off", "ip": "client-address"}),
-        "affinity",
-    ),
-    "affinity.cookie": (parse_cookie_name, "affinity_cookie"),
-    "affinity.secret": (str, "affinity_secret"),
-    "affinity.samesite": (
-        _enum(("Lax", "Strict", "None"), {"lax": "Lax", "strict": "Strict", "none": "None"}),
-        "affinity_samesite",
-    ),
-    "affinity.max_age": (parse_duration, "affinity_max_age"),
-    "affinity.key": (str, "affinity_key"),
-    "affinity.load_factor": (parse_load_factor, "affinity_load_factor"),
-    "affinity.pin_idle": (parse_positive_duration, "affinity_pin_idle"),
-    "http.enabled": (parse_bool, "http"),
-    "http.timeout": (parse_positive_duration, "http_timeout"),
-    "http.max_body": (parse_size, "http_max_body"),
-    "routing.default": (parse_pool_name, "default_pool"),
-}
-
-# Keys a named pool may set for itself; the rest (listen addresses, admin, limits of the
-# client side, logging, extensions) belong to the whole process.
-POOL_KEY_PREFIXES = (
-    "balancing.strategy",
-    "balancing.metric_path",
-    "health.",
-    "breaker.",
-    "outlier.",
-    "timeouts.backend_",
-    "keepalive.backend.",
-    "headers.",
-    "tls.",
-    "compression.backend",
-    "relay.",
-    "reload.",
-    "failover.",
-    "affinity.",
-    "http.",
-    "discovery",  # a pool's own DNS sources; a named pool never inherits the top-level ones
-)
-_POOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-
-# Keys of the seed Traefik plugin's configuration, accepted in the file at the top level.
-TRAEFIK_KEYS = {
-    "metricPath": "balancing.metric_path",
-    "balancerMetricPath": "admin.balancer_metric_path",
-    "cacheTTL": "balancing.poll_interval",
-    "tlsVerify": "tls.verify",
-}
-
-# Environment variables of the seed Go balancer, so its users can migrate unchanged.
-SEED_ENV = {
-    "FE_ADDR": "listen",
-    "ADM_ADDR": "admin.listen",
-    "LOG_LEVEL": "log.level",
-    "FE_TRUST_XFF": "headers.trust_x_forwarded_for",
-    "BLOCK_HEADERS": "headers.block",
-    "BE_PASS_HEADERS": "headers.pass_back",
-    "BE_PING_TIME": "keepalive.backend.ping_interval",
-    "BE_HANDSHAKE_TIMEOUT": "timeouts.backend_handshake",
-    "BE_BREAKER_THRESHOLD": "breaker.threshold",
-    "BE_ABNORMAL_CLOSE_CODES": "failover.close_codes",
-    "RECONNECT_HDR": "failover.reconnect_header",
-    "FE_MAX_HDR_BYTES": "limits.max_header_bytes",
-    "FE_READ_TIMEOUT": "timeouts.client_handshake",
-}
-# Seed variables with no meaning here (Go buffer sizes, per-request HTTP timeouts, a switch
-# for metrics that are always on): accepted, and reported once at start-up.
-SEED_ENV_IGNORED = (
-    "FE_RB_SIZE",
-    "FE_WB_SIZE",
-    "BE_RB_SIZE",
-    "BE_WB_SIZE",
-    "FE_WRITE_TIMEOUT",
-    "ADM_READ_TIMEOUT",
-    "ADM_WRITE_TIMEOUT",
-    "ADM_MAX_HDR_BYTES",
-    "ENABLE_INST",
-)
-
-
-@dataclass
-class _Value:
-    value: Any
-    source: str
-
-
-@dataclass
-class _BackendSpec:
-    url: Any
-    source: str
-    id: Any = None
-    metric: Any = None
-    weight: Any = 1
-
-
-@dataclass
-class _PoolSpec:
-    name: str
-    source: str
-    values: dict[str, _Value] = field(default_factory=dict)
-    backends: list[_BackendSpec] = field(default_factory=list)
-
-
-# Top-level keys of the file that are not in SCHEMA (read on their own).
-FILE_SECTIONS = ("backends", "pools", "routes")
-BACKEND_KEYS = ("url", "id", "metric", "metric_url", "metric_path", "weight")
-
-
-def suggest_key(key: str, known: Iterable[str] | None = None) -> str | None:
-    """The known dotted key an unknown one was probably meant to be, or None.
-
-    Within a known section only its own keys are candidates (`balancing.pol_interval` ->
-    `balancing.poll_interval`); a misspelt section is matched as a whole (`helth.fall`)."""
-    names = list(known) if known is not None else [*SCHEMA, *FILE_SECTIONS]
-    section, _, leaf = key.rpartition(".")
-    leaves = [n[len(section) + 1 :] for n in names if section and n.startswith(section + ".")]
-    if leaves:
-        close = difflib.get_close_matches(leaf, leaves, n=1, cutoff=0.7)
-        if not close and len(leaf) >= 3:
-            close = [n for n in leaves if n.startswith(leaf)][:1]  # `poll` -> `poll_interval`
-        return f"{section}.{close[0]}" if close else None
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.7)
-    return close[0] if close else None
-
-
-def unknown_key(source: str, key: str, known: Iterable[str] | None = None) -> ConfigError:
-    """The error for an unknown key, with the likely meant one (as the source spells it)."""
-    meant = suggest_key(key, known)
-    hint = ""
-    if meant is not None:
-        if source.startswith(f"environment {ENV_PREFIX}"):
-            meant = ENV_PREFIX + meant.upper().replace(".", "__")
-        hint = f" (did you mean {meant}?)"
-    return ConfigError(f"{source}: {key}: unknown key{hint}")
-
-
-@contextmanager
-def gathering(problems: list[str] | None) -> Iterator[None]:
-    """A `ConfigError` raised inside is appended to `problems` and the caller goes on to the
-    next value; with `problems` None (a normal load) it is raised as it is."""
-    try:
-        yield
-    except ConfigError as e:
-        if problems is None:
-            raise
-        problems.append(str(e))
-
-
-@dataclass
-class RawConfig:
-    """Values as found, each with the place it came from, before validation."""
-
-    values: dict[str, _Value] = field(default_factory=dict)
-    backends: list[_BackendSpec] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-    pools: list[_PoolSpec] = field(default_factory=list)
-    routes: list[tuple[Any, str]] = field(default_factory=list)
-    # A list: every problem is gathered here and reading goes on (check-config); None: the
-    # first one is raised (start-up, reload).
-    problems: list[str] | None = None
-
-    def set(self, key: str, value: Any, source: str) -> None:
-        """Record a value for a dotted key; later calls override earlier ones."""
-        if key not in SCHEMA:
-            raise unknown_key(source, key)
-        self.values[key] = _Value(value, source)
-
-    def gathering(self) -> AbstractContextManager[None]:
-        """`gathering(self.problems)`: gather or raise the problems of one value."""
-        return gathering(self.problems)
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and dotted not in SCHEMA:
-            yield from _flatten(value, dotted + ".")
-        else:
-            yield dotted, value
-
-
-def _backend_specs(
-    items: Any, source: str, key: str, problems: list[str] | None = None
-) -> list[_BackendSpec]:
-    if not isinstance(items, list):
-        raise ConfigError(f"{source}: {key}: expected a list of backends")
-    specs = []
-    for index, item in enumerate(items):
-        where = f"{source}: {key}[{index}]"
-        with gathering(problems):
-            specs.append(_backend_spec(item, where))
-    return specs
-
-
-def _backend_spec(item: Any, where: str) -> _BackendSpec:
-    if isinstance(item, str):
-        return _BackendSpec(url=item, source=where)
-    if not isinstance(item, Mapping):
-        raise ConfigError(f"{where}: expected a URL or a mapping with url")
-    unknown = set(item) - set(BACKEND_KEYS)
-    if unknown:
-        name = str(sorted(unknown, key=str)[0])
-        meant = suggest_key(name, BACKEND_KEYS)
-        hint = f" (did you mean {meant}?)" if meant else ""
-        raise ConfigError(f"{where}: unknown key {name}{hint}")
-    if "url" not in item:
-        raise ConfigError(f"{where}: url is missing")
-    metric = item.get("metric", item.get("metric_url", item.get("metric_path")))
-    return _BackendSpec(
-        url=item["url"],
-        source=where,
-        id=item.get("id"),
-        metric=metric,
-        weight=item.get("weight", 1),
-    )
-
-
-def read_file(raw: RawConfig, path: str) -> None:
-    """Merge a YAML configuration file into `raw`."""
-    source = f"file {path}"
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError(f"{source}: cannot be read: {e.strerror or e}")
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{source}: not valid YAML{where}: {problem}")
-    if data is None:
-        return
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
-    data = dict(data)
-    problems = raw.problems
-    for seed_key, key in TRAEFIK_KEYS.items():
-        if seed_key in data:
-            raw.set(key, data.pop(seed_key), source)
-    if "services" in data:  # the Traefik plugin's list of backend URLs
-        services = data.pop("services")
-        with raw.gathering():
-            raw.backends.extend(_backend_specs(services, source, "services", problems))
-    upstream = data.pop("upstream", None)  # the Go balancer's `upstream: backends:`
-    with raw.gathering():
-        if isinstance(upstream, Mapping) and "backends" in upstream:
-            listed = _backend_specs(upstream["backends"], source, "upstream.backends", problems)
-            raw.backends.extend(listed)
-        elif upstream is not None:
-            raise ConfigError(f"{source}: upstream: expected a mapping with backends")
-    if "backends" in data:
-        backends = data.pop("backends")
-        with raw.gathering():
-            raw.backends.extend(_backend_specs(backends, source, "backends", problems))
-    if "pools" in data:
-        pools = data.pop("pools")
-        with raw.gathering():
-            raw.pools = _pool_specs(pools, source, problems)
-    if "routes" in data:
-        routes = data.pop("routes")
-        with raw.gathering():
-            if not isinstance(routes, list):
-                raise ConfigError(f"{source}: routes: expected a list of routes")
-            raw.routes = [(item, f"{source}: routes[{i}]") for i, item in enumerate(routes)]
-    for key, value in _flatten(data):
-        with raw.gathering():
-            raw.set(key, value, source)
-
-
-def _pool_specs(data: Any, source: str, problems: list[str] | None = None) -> list[_PoolSpec]:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: pools: expected a mapping of pool names")
-    specs = []
-    for name, body in data.items():
-        with gathering(problems):
-            specs.append(_pool_spec(str(name), body, f"{source}: pools.{name}", problems))
-    return specs
-
-
-def _pool_spec(name: str, body: Any, where: str, problems: list[str] | None) -> _PoolSpec:
-    if not _POOL_NAME.match(name) or name == DEFAULT_POOL:
-        raise ConfigError(
-            f"{where}: pool names use letters, digits and -_. only, and "
-            f"{DEFAULT_POOL!r} is the top-level pool"
-        )
-    if not isinstance(body, Mapping):
-        raise ConfigError(f"{where}: expected a mapping with backends")
-    body = dict(body)
-    spec = _PoolSpec(name, where)
-    listed = body.pop("backends", [])
-    with gathering(problems):
-        spec.backends = _backend_specs(listed, where, "backends", problems)
-    for key, value in _flatten(body):
-        with gathering(problems):
-            if key not in SCHEMA:
-                raise unknown_key(where, key, [*SCHEMA, "backends"])
-            if not key.startswith(POOL_KEY_PREFIXES):
-                raise ConfigError(f"{where}: {key}: set for the whole balancer, not per pool")
-            spec.values[key] = _Value(value, where)
-    discovery = spec.values.get("discovery")
-    if not listed and (discovery is None or not discovery.value):
-        raise ConfigError(f"{where}: backends: at least one backend (or discovery) is needed")
-    return spec
-
-
-def _build_route(item: Any, where: str, pools: set[str]) -> Route:
-    if not isinstance(item, Mapping):
-        raise ConfigError(f"{where}: expected a mapping with path and pool")
-    unknown = set(item) - {"path", "host", "pool"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]}")
-    try:
-        path = parse_path(item.get("path", "/"))
-    except ValueError as e:
-        raise ConfigError(f"{where}: path: {e}")
-    pool = str(item.get("pool", "")).strip()
-    if pool not in pools:
-        known = ", ".join(sorted(pools)) or "none"
-        raise ConfigError(f"{where}: pool: no pool named {pool!r} (pools: {known})")
-    host = item.get("host")
-    host = str(host).strip().lower() if host not in (None, "") else None
-    return Route(path=path.rstrip("/") or "/", pool=pool, host=host)
-
-
-def _env_backends(raw: RawConfig, urls: str, ids: str | None, source: str) -> None:
-    id_list = parse_list(ids) if ids else ()
-    url_list = parse_list(urls)
-    if id_list and len(id_list) != len(url_list):
-        raise ConfigError(
-            f"{source}: BE_URL_IDS has {len(id_list)} ids for {len(url_list)} BE_URLS"
-        )
-    for index, url in enumerate(url_list):
-        backend_id = id_list[index] if id_list else None
-        if backend_id is None and "=" in url.split("://")[0]:
-            backend_id, url = url.split("=", 1)
-        raw.backends.append(_BackendSpec(url=url, id=backend_id, source=source))
-
-
-def read_environment(raw: RawConfig, environ: Mapping[str, str]) -> None:
-    """Merge environment variables: the seed Go balancer's names, then `WSBALANCER_*`."""
-    for name, key in SEED_ENV.items():
-        if name in environ:
-            raw.set(key, environ[name], f"environment {name}")
-    for name in SEED_ENV_IGNORED:
-        if name in environ:
-            raw.ignored.append(name)
-    if "BE_URLS" in environ:
-        with raw.gathering():
-            _env_backends(raw, environ["BE_URLS"], environ.get("BE_URL_IDS"), "environment BE_URLS")
-    for name in sorted(environ):
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
-            continue
-        if name == ENV_PREFIX + "BACKENDS":
-            raw.backends = []
-            _env_backends(raw, environ[name], None, f"environment {name}")
-            continue
-        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-        with raw.gathering():
-            raw.set(key, environ[name], f"environment {name}")
-
-
-def _normalise_backend_url(url: str) -> str:
-    # The Go seed writes `ws:host:port`; the Traefik seed lists http(s):// service URLs.
-    m = re.match(r"^(wss?|https?):(?!//)(.+)$", url)
-    if m:
-        url = f"{m.group(1)}://{m.group(2)}"
-    parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))
-
-
-def _build_backend(spec: _BackendSpec, metric_path: str) -> BackendConfig:
-    url = _normalise_backend_url(str(spec.url).strip())
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ConfigError(
-            f"{spec.source}: url: expected ws://host:port or wss://host:port, got {spec.url!r}"
-        )
-    try:
-        _ = parts.port
-    except ValueError:
-        raise ConfigError(f"{spec.source}: url: bad port in {spec.url!r}")
-    http_scheme = "https" if parts.scheme == "wss" else "http"
-    metric = str(spec.metric) if spec.metric not in (None, "") else metric_path
-    metric_url: str | None
-    if metric.lower() == "none":
-        metric_url = None
-    elif metric.startswith("/"):
-        metric_url = urlunsplit((http_scheme, parts.netloc, metric, "", ""))
-    elif re.match(r"^https?://", metric):
-        metric_url = metric
-    else:
-        raise ConfigError(
-            f"{spec.source}: metric: expected a path, an http(s) URL or none, got {spec.metric!r}"
-        )
-    try:
-        weight = float(spec.weight)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{spec.source}: weight: expected a number, got {spec.weight!r}")
-    if not weight > 0:
-        raise ConfigError(f"{spec.source}: weight: must be above zero, got {spec.weight!r}")
-    backend_id = str(spec.id).strip() if spec.id not in (None, "") else parts.netloc
-    if not re.match(r"^[A-Za-z0-9_.:\-\[\]]{1,260}$", backend_id):
-        raise ConfigError(
-            f"{spec.source}: id: use letters, digits and . _ - : only, got {backend_id!r}"
-        )
-    return BackendConfig(id=backend_id, url=url, metric_url=metric_url, weight=weight)
-
-
-def build(raw: RawConfig, require_backends: bool = True) -> Config:
-    """Validate `raw` into a `Config`, or raise `ConfigError` naming the first bad value."""
-    config = _build_one(raw, require_backends and not raw.pools)
-    pools = []
-    for spec in raw.pools:
-        inherited = {k: v for k, v in raw.values.items() if k != "discovery"}
-        merged = RawConfig(
-            values={**inherited, **spec.values}, backends=spec.backends, problems=raw.problems
-        )
-        pools.append(replace(_build_one(merged, True), pool_name=spec.name))
-    # A pool fed by DNS discovery exists even with no backend listed yet.
-    names = {DEFAULT_POOL} if config.backends or config.discovery else set()
-    found_by: dict[str, str] = {}
-    for pool in (config, *pools):
-        for source in pool.discovery:
-            other = found_by.setdefault(source.label, pool.pool_name)
-            with raw.gathering():
-                if other != pool.pool_name:
-                    raise ConfigError(
-                        f"configuration: discovery {source.label} feeds pools {other!r} and "
-                        f"{pool.pool_name!r}; a source feeds one pool"
-                    )
-    names |= {p.pool_name for p in pools}
-    seen: dict[str, str] = {b.id: DEFAULT_POOL for b in config.backends}
-    for pool in pools:
-        for b in pool.backends:
-            with raw.gathering():
-                if b.id in seen:
-                    raise ConfigError(
-                        f"configuration: pools.{pool.pool_name}: backend id {b.id!r} is also "
-                        f"in pool {seen[b.id]!r}; ids are unique across pools"
-                    )
-                seen[b.id] = pool.pool_name
-    routes = []
-    for item, where in raw.routes:
-        with raw.gathering():
-            routes.append(_build_route(item, where, names))
-    default = config.default_pool
-    if default is not None and default not in names:
-        with raw.gathering():
-            if "routing.default" in raw.values:
-                raise ConfigError(
-                    f"{raw.values['routing.default'].source}: routing.default: no pool named "
-                    f"{default!r}"
-                )
-        default = None  # only named pools: what no route takes gets 404
-    return replace(config, pools=tuple(pools), routes=tuple(routes), default_pool=default)
-
-
-def _build_one(raw: RawConfig, require_backends: bool) -> Config:
-    typed: dict[str, Any] = {}
-    for key, item in raw.values.items():
-        parser, field_name = SCHEMA[key]
-        with raw.gathering():
-            try:
-                typed[field_name] = parser(item.value)
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"{item.source}: {key}: {e}")
-    metric_path = typed.pop("_metric_path", "/metric")
-    typed["metric_path"] = metric_path
-    defaults = Config(backends=())
-    client_ka, backend_ka = defaults.client_keepalive, defaults.backend_keepalive
-    typed["client_keepalive"] = Keepalive(
-        typed.pop("_client_ping", client_ka.ping_interval),
-        typed.pop("_client_pong", client_ka.pong_timeout),
-    )
-    typed["backend_keepalive"] = Keepalive(
-        typed.pop("_backend_ping", backend_ka.ping_interval),
-        typed.pop("_backend_pong", backend_ka.pong_timeout),
-    )
-    built: list[BackendConfig] = []
-    seen: dict[str, str] = {}
-    for spec in raw.backends:
-        with raw.gathering():
-            backend = _build_backend(spec, metric_path)
-            if backend.id in seen:
-                raise ConfigError(f"{spec.source}: id: {backend.id!r} is used twice")
-            seen[backend.id] = spec.source
-            built.append(backend)
-    backends = tuple(built)
-    with raw.gathering():
-        if require_backends and not raw.backends and not typed.get("discovery"):
-            raise ConfigError(
-                "configuration: backends: at least one backend is needed "
-                "(config file `backends:` or `discovery:`, BE_URLS or --backend)"
-            )
-    config = replace(defaults, backends=backends, ignored=tuple(raw.ignored), **typed)
-    with raw.gathering():
-        _check_client_certificate(config)
-    for leg, keepalive in (
-        ("client", config.client_keepalive),
-        ("backend", config.backend_keepalive),
-    ):
-        with raw.gathering():
-            if keepalive.ping_interval and not keepalive.pong_timeout:
-                raise ConfigError(
-                    f"configuration: keepalive.{leg}.pong_timeout: must be above "
-                    f"zero when ping_interval is set"
-                )
-    with raw.gathering():
-        if config.affinity in ("header", "query") and not config.affinity_key.strip():
-            item = raw.values["affinity.mode"]
-            raise ConfigError(
-                f"{item.source}: affinity.key: the {config.affinity} name to hash is needed "
-                f"with affinity.mode {config.affinity}"
-            )
-    return config
-
-
-def _check_client_certificate(config: Config) -> None:
-    """Both files or neither, and they must hold a certificate and its key."""
-    cert, key = config.tls_client_cert, config.tls_client_key
-    if (cert is None) != (key is None):
-        given, missing = (
-            ("client_cert", "client_key") if key is None else ("client_key", "client_cert")
-        )
-        raise ConfigError(f"configuration: tls.{missing}: needed with tls.{given}")
-    if cert is None or key is None:
-        return
-    from twisted.internet import ssl
-
-    try:
-        with open(cert, "rb") as c, open(key, "rb") as k:
-            pair = ssl.PrivateCertificate.loadPEM(c.read() + b"\n" + k.read())
-        ssl.CertificateOptions(
-            privateKey=pair.privateKey.original, certificate=pair.original
-        ).getContext()  # a key that does not match the certificate fails here
-    except Exception as e:
-        reason = (str(e).strip() or e.__class__.__name__).splitlines()[0][:200]
-        raise ConfigError(
-            f"configuration: tls.client_cert: {cert} and {key} are not a PEM certificate "
-            f"and its key ({reason})"
-        )
-
-
-def read_sources(
-    raw: RawConfig,
-    path: str | None = None,
-    environ: Mapping[str, str] | None = None,
-    overrides: Iterable[tuple[str, Any, str]] = (),
-    backends: Iterable[str] = (),
-) -> None:
-    """Read the file (optional), then the environment, then flag overrides into `raw`."""
-    env = os.environ if environ is None else environ
-    path = path or env.get(ENV_PREFIX + "CONFIG") or None
-    if path:
-        with raw.gathering():
-            read_file(raw, path)
-    read_environment(raw, env)
-    flag_backends = list(backends)
-    if flag_backends:
-        raw.backends = []
-        _env_backends(raw, ",".join(flag_backends), None, "flag --backend")
-    for key, value, source in overrides:
-        with raw.gathering():
-            raw.set(key, value, source)
-
-
-def load(
-    path: str | None = None,
-    environ: Mapping[str, str] | None = None,
-    overrides: Iterable[tuple[str, Any, str]] = (),
-    backends: Iterable[str] = (),
-) -> Config:
-    """Load the file (optional), then the environment, then flag overrides, and validate.
-
-    `overrides` are (dotted key, value, source) triples; `backends` are URLs given as flags,
-    `id=url` allowed, which replace any from the file or environment.
-    """
-    raw = RawConfig()
-    read_sources(raw, path, environ, overrides, backends)
-    return build(raw)
-
-
-# Config fields that two-part keys fill (the SCHEMA field names starting with _).
-_DERIVED_FIELDS: dict[str, Callable[[Config], Any]] = {
-    "_metric_path": lambda c: c.metric_path,
-    "_client_ping": lambda c: c.client_keepalive.ping_interval,
-    "_client_pong": lambda c: c.client_keepalive.pong_timeout,
-    "_backend_ping": lambda c: c.backend_keepalive.ping_interval,
-    "_backend_pong": lambda c: c.backend_keepalive.pong_timeout,
-}
-
-
-def effective_value(config: Config, key: str) -> Any:
-    """The value `config` holds for a dotted key of the file format."""
-    field_name = SCHEMA[key][1]
-    derived = _DERIVED_FIELDS.get(field_name)
-    return derived(config) if derived is not None else getattr(config, field_name)
-
-
-@dataclass(frozen=True)
-class ConfigCheck:
-    """What `check` found: every problem, and where each value of the result came from."""
-
-    problems: tuple[str, ...]
-    config: Config  # meaningful only without problems (bad values are left at defaults)
-    raw: RawConfig
-
-    def values(self, pool: str = DEFAULT_POOL) -> list[tuple[str, Any, str]]:
-        """(key, effective value, source) of every key, the source `default` when unset."""
-        spec = next((p for p in self.raw.pools if p.name == pool), None)
-        config = next(c for c in self.config.all_pools() if c.pool_name == pool)
-        set_here = self.raw.values if spec is None else {**self.raw.values, **spec.values}
-        out = []
-        for key in SCHEMA:
-            item = set_here.get(key)
-            if spec is not None and key == "discovery" and key not in spec.values:
-                item = None  # a named pool never inherits the top-level sources
-            out.append(
-                (key, effective_value(config, key), "default" if item is None else item.source)
-            )
-        return out
-
-    def backends(self, pool: str = DEFAULT_POOL) -> list[tuple[BackendConfig, str]]:
-        """Each listed backend of a pool with where it was listed."""
-        spec = next((p for p in self.raw.pools if p.name == pool), None)
-        config = next(c for c in self.config.all_pools() if c.pool_name == pool)
-        listed = self.raw.backends if spec is None else spec.backends
-        return [(b, s.source) for b, s in zip(config.backends, listed, strict=False)]
-
-
-def check(
-    path: str | None = None,
-    environ: Mapping[str, str] | None = None,
-    overrides: Iterable[tuple[str, Any, str]] = (),
-    backends: Iterable[str] = (),
-) -> ConfigCheck:
-    """Read and validate as `load` does, but gather every problem instead of the first."""
-    raw = RawConfig(problems=[])
-    read_sources(raw, path, environ, overrides, backends)
-    config = build(raw)
-    return ConfigCheck(tuple(dict.fromkeys(raw.problems or ())), config, raw)
+__all__ = [
+    "ADMIN_ACCESS",
+    "ADMIN_RESERVED",
+    "AFFINITY_MODES",
+    "BACKEND_KEYS",
+    "BackendConfig",
+    "BackendSpec",
+    "Config",
+    "ConfigCheck",
+    "ConfigError",
+    "DEFAULT_POOL",
+    "ENDPOINT_TYPES",
+    "ENV_PREFIX",
+    "FILE_SECTIONS",
+    "HANDSHAKE_HEADERS",
+    "HOST_NAME",
+    "Keepalive",
+    "LOG_LEVELS",
+    "POOL_KEY_PREFIXES",
+    "PoolConfig",
+    "RawConfig",
+    "Route",
+    "SCHEMA",
+    "SEED_ENV",
+    "SEED_ENV_IGNORED",
+    "STRATEGIES",
+    "TRAEFIK_KEYS",
+    "build",
+    "build_backend",
+    "check",
+    "effective_value",
+    "gathering",
+    "load",
+    "parse_bool",
+    "parse_ca_file",
+    "parse_close_codes",
+    "parse_compression_level",
+    "parse_cookie_name",
+    "parse_discovery",
+    "parse_dotted_names",
+    "parse_duration",
+    "parse_endpoint",
+    "parse_endpoints",
+    "parse_header_list",
+    "parse_host_patterns",
+    "parse_int",
+    "parse_list",
+    "parse_load_factor",
+    "parse_metric_document_path",
+    "parse_metric_path",
+    "parse_path",
+    "parse_percent",
+    "parse_pool_name",
+    "parse_positive_duration",
+    "parse_positive_int",
+    "parse_size",
+    "parse_workers",
+    "read_environment",
+    "read_file",
+    "read_sources",
+    "suggest_key",
+    "unknown_key",
+]

@@ -14,14 +14,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from wsbalancer.config import (
-    BackendConfig,
-    ConfigError,
-    _BackendSpec,
-    _build_backend,
-    parse_duration,
-    parse_positive_duration,
-)
+from wsbalancer.config.backends import BackendSpec, build_backend
+from wsbalancer.config.model import BackendConfig
+from wsbalancer.config.values import ConfigError, parse_duration, parse_positive_duration
 
 TYPES = ("a", "srv")
 _NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.\-]*[A-Za-z0-9])?\.?$")
@@ -202,14 +197,14 @@ def backend_for(
     """The backend one record stands for; its id is `address:port`, as for a listed one, and a
     wss:// one is verified against `tls_name` (a certificate names the service, not the pod IP)."""
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    spec = _BackendSpec(
+    spec = BackendSpec(
         url=f"{source.scheme}://{netloc}{source.path}",
         source=f"discovery {source.label}",
         metric=source.metric,
         weight=source.weight,
     )
     try:
-        config = _build_backend(spec, metric_path)
+        config = build_backend(spec, metric_path)
     except ConfigError as e:  # validated at load time, so only a broken record gets here
         raise ValueError(str(e))
     return replace(config, server_name=source.tls_name or tls_name)

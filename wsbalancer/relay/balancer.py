@@ -55,12 +55,13 @@ class Balancer:
         self.clock = clock or reactor
         self.metrics = BalancerMetrics()
         self.events: deque[tuple[float, str]] = deque(maxlen=50)  # for the dashboard
+        self.hooks: list[Any] = [extensions.load(name) for name in config.hooks]
         self.cluster = Cluster(
             config,
             reactor,
             self.clock,
             self.metrics,
-            leg_class=lambda c: HookedBackendProtocol if c.hooks else BackendProtocol,
+            leg_class=lambda: HookedBackendProtocol if self.hooks else BackendProtocol,
             event=self.event,
             move_sessions=self._move_sessions,
             rng=rng,
@@ -72,7 +73,6 @@ class Balancer:
         self.factories: list[RelayFactory] = []
         self.listeners: list[Any] = [SessionRecorder(self.metrics, self.clock)]
         self.listeners += [extensions.load(name) for name in config.listeners]
-        self.hooks: list[Any] = [extensions.load(name) for name in config.hooks]
         self.draining = False
         # Traffic of sessions already ended: msgs in, msgs out, bytes in, bytes out.
         self._ended_traffic = [0, 0, 0, 0]

@@ -34,7 +34,7 @@ from wsbalancer.upstream.dialer import backend_resource, tls_options
 from wsbalancer.wire.headers import backend_request_headers
 
 if TYPE_CHECKING:
-    from wsbalancer.config import Config
+    from wsbalancer.config import PoolConfig
     from wsbalancer.upstream.routing import Lane
 
 # Headers of one hop (RFC 9110 7.6.1): never forwarded in either direction.
@@ -164,7 +164,7 @@ class _QuietHTTPFactory(_HTTP11ClientFactory):
 class _BackendTLSPolicy:
     """TLS for https:// backends with the pool's verification rules."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: PoolConfig) -> None:
         self.config = config
         self._by_host: dict[str, Any] = {}
 

@@ -68,8 +68,9 @@ class RelaySession(SessionFailover):
         is_tls = ISSLTransport.providedBy(client.transport)
         # The backend leg is offered compression only when asked to mirror the client's:
         # on a data-centre link it mostly costs CPU on both ends.
+        client_compression = balancer.config.compression  # compression.client: the process's
         offers_deflate: bool | list[Any] = (
-            config.compression
+            client_compression
             and config.backend_compression == "mirror"
             and any(name == "permessage-deflate" for name, _ in request.extensions)
         )
@@ -78,7 +79,7 @@ class RelaySession(SessionFailover):
             # The backend gets the client's own offers, and the client is then granted
             # exactly what the backend accepted: equal terms on both legs let frames pass
             # as they are.
-            offers_deflate = client_offers(request.extensions) if config.compression else []
+            offers_deflate = client_offers(request.extensions) if client_compression else []
         self.dial_args = {
             "uri": client.http_request_uri,
             "headers": backend_request_headers(raw, config, peer_host(client), is_tls),

@@ -57,14 +57,6 @@ class WorkerStartError(RuntimeError):
     """The worker processes cannot be started; the message is the operator's one line."""
 
 
-def cpu_count() -> int:
-    """The cores this process may run on (a cgroup CPU set counts, not the machine's)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 class _QuietHTTPFactory(_HTTP11ClientFactory):
     noisy = False  # no "Starting factory" line per connection to a worker
 

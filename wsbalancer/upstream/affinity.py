@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from wsbalancer.config import Config
+from wsbalancer.config import PoolConfig
 from wsbalancer.upstream.pool import BackendPool, BackendState
 
 VNODES = 64  # ring points per unit of weight: enough for an even split of a few backends
@@ -50,7 +50,7 @@ class Placement:
 class Affinity:
     """One pool's affinity settings, its signing key and its pinned HTTP sessions."""
 
-    def __init__(self, config: Config, secret: bytes, seconds: Callable[[], float]) -> None:
+    def __init__(self, config: PoolConfig, secret: bytes, seconds: Callable[[], float]) -> None:
         self.mode = config.affinity
         self.cookie_name = config.affinity_cookie
         self.samesite = config.affinity_samesite

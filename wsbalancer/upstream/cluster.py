@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults
 from zope.interface import implementer
 
-from wsbalancer.config import DEFAULT_POOL, BackendConfig, Config
+from wsbalancer.config import DEFAULT_POOL, BackendConfig, Config, PoolConfig
 from wsbalancer.config.interfaces import IReconfigurable
 from wsbalancer.observe.counters import BalancerMetrics
 from wsbalancer.observe.logs import logger
@@ -26,7 +26,7 @@ from wsbalancer.upstream.pool import CLOSED, UP, BackendPool, BackendState
 from wsbalancer.upstream.routing import Lane, Router
 
 
-def _affinity_settings(config: Config) -> tuple[Any, ...]:
+def _affinity_settings(config: PoolConfig) -> tuple[Any, ...]:
     return (
         config.affinity,
         config.affinity_cookie,
@@ -51,7 +51,7 @@ class Cluster:
         reactor: Any,
         clock: Any,
         metrics: BalancerMetrics,
-        leg_class: Callable[[Config], type],
+        leg_class: Callable[[], type],
         event: Callable[[str], None],
         move_sessions: Callable[[BackendState, str], int],
         rng: Any = None,
@@ -60,7 +60,8 @@ class Cluster:
         self.reactor = reactor
         self.clock = clock
         self.metrics = metrics
-        self.leg_class = leg_class  # the backend leg class for a pool's settings
+        self.config = config  # the process's settings (a pool's own are its lane's)
+        self.leg_class = leg_class  # the backend leg class (hooked or plain), asked per pool
         self.event = event  # remember something for the dashboard
         self.move_sessions = move_sessions  # move a backend's sessions elsewhere; how many
         self.rng = rng
@@ -80,12 +81,12 @@ class Cluster:
         """The top-level pool, as before pools existed."""
         return self.lanes[DEFAULT_POOL].pool  # type: ignore[no-any-return]
 
-    def _new_lane(self, config: Config) -> Lane:
+    def _new_lane(self, config: PoolConfig) -> Lane:
         pool = BackendPool(
             config.backends,
             seconds=self.clock.seconds,
             strategy=config.strategy,
-            count_ttl=config.count_ttl,
+            count_ttl=self.config.count_ttl,  # count polling is the process's
             fall=config.health_fall,
             rise=config.health_rise,
             breaker_threshold=config.breaker_threshold,
@@ -104,8 +105,9 @@ class Cluster:
         dialer = BackendDialer(
             self.reactor,
             config,
-            self.leg_class(config),
+            self.leg_class(),
             clock=self.clock,
+            process=self.config,
         )
         lane = Lane(config, pool, dialer, self._new_affinity(config))
         make_poller = getattr(self, "make_poller", None)  # unset while __init__ runs
@@ -113,7 +115,7 @@ class Cluster:
             lane.poller = make_poller(pool)
         return lane
 
-    def _new_affinity(self, config: Config) -> Affinity:
+    def _new_affinity(self, config: PoolConfig) -> Affinity:
         secret = config.affinity_secret.encode()
         if config.affinity == "cookie" and not secret:
             secret = self._secrets.get(config.pool_name, b"")
@@ -174,6 +176,7 @@ class Cluster:
         Backends are added, re-weighted or removed; a removed backend takes no new sessions
         and its sessions stay until they end (`reload.removed_sessions: drain`) or are moved
         to other backends at once (`failover`)."""
+        self.config = new
         changes: list[str] = []
         old_routes = (self.router.routes, self.router.default)
         wanted = {p.pool_name: p for p in new.all_pools()}
@@ -197,12 +200,12 @@ class Cluster:
             changes.append(f"routes now {len(new.routes)} (default pool {new.default_pool})")
         return changes
 
-    def _apply_pool(self, lane: Lane, new: Config) -> list[str]:
+    def _apply_pool(self, lane: Lane, new: PoolConfig) -> list[str]:
         """Apply one pool's new settings and backend list."""
         old, lane.config = lane.config, new
         prefix = "" if new.pool_name == DEFAULT_POOL else f"pool {new.pool_name}: "
         changes: list[str] = []
-        lane.dialer.reconfigure(new)
+        lane.dialer.reconfigure(new, self.config)
         if _affinity_settings(old) != _affinity_settings(new):
             lane.affinity.release_all()
             lane.affinity = self._new_affinity(new)
@@ -213,7 +216,7 @@ class Cluster:
         ):
             lane.http_agent = None  # rebuilt with the new timeouts on next use
         pool = lane.pool
-        pool.strategy, pool.count_ttl = new.strategy, new.count_ttl
+        pool.strategy, pool.count_ttl = new.strategy, self.config.count_ttl
         pool.fall, pool.rise = new.health_fall, new.health_rise
         pool.breaker_threshold, pool.breaker_cooldown = new.breaker_threshold, new.breaker_cooldown
         if pool.outliers is not None:

@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from wsbalancer.config import BackendConfig, Config
+from wsbalancer.config import BackendConfig, Config, PoolConfig
 from wsbalancer.wire.compression import accept_deflate_response
 from wsbalancer.wire.lean import bake_options
 from wsbalancer.wire.options import leg_options
@@ -49,7 +49,7 @@ def backend_resource(backend_url: str, client_uri: str) -> str:
     return prefix + target
 
 
-def client_certificate(config: Config) -> Any:
+def client_certificate(config: PoolConfig) -> Any:
     """The certificate presented to backends (tls.client_cert/client_key), or None."""
     if not (config.tls_client_cert and config.tls_client_key):
         return None
@@ -57,7 +57,7 @@ def client_certificate(config: Config) -> Any:
         return ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read())
 
 
-def tls_options(hostname: str, config: Config) -> Any:
+def tls_options(hostname: str, config: PoolConfig) -> Any:
     """Client TLS options for a wss:// backend: verified (service-identity) unless turned off,
     with the configured client certificate if any."""
     client = client_certificate(config)
@@ -145,30 +145,35 @@ class BackendDialer:
     def __init__(
         self,
         reactor: Any,
-        config: Config,
+        config: PoolConfig,
         protocol_class: type,
         clock: Any = None,
+        *,
+        process: Config,
     ) -> None:
         self.reactor = reactor
         self.clock = clock or reactor
         self.config = config
+        # The close timeout and message and frame limits are the whole process's, the same
+        # on both legs; the rest is the pool's.
+        self.process = process
         self.protocol_class = protocol_class
         self._factories: dict[str, tuple[BackendConfig, WebSocketClientFactory, Endpoint]]
         self._factories = {}
 
-    def reconfigure(self, config: Config) -> None:
+    def reconfigure(self, config: PoolConfig, process: Config) -> None:
         """Use a new configuration for the next dials."""
-        self.config = config
+        self.config, self.process = config, process
         self._factories.clear()
 
     def _prepared(self, backend: BackendConfig) -> tuple[WebSocketClientFactory, Endpoint]:
         cached = self._factories.get(backend.id)
         if cached is not None and cached[0] == backend:
             return cached[1], cached[2]
-        config = self.config
+        config, process = self.config, self.process
         factory = WebSocketClientFactory(backend.url)
         factory.setProtocolOptions(
-            **leg_options(config, config.backend_handshake_timeout, config.backend_keepalive),
+            **leg_options(process, config.backend_handshake_timeout, config.backend_keepalive),
             perMessageCompressionAccept=accept_deflate_response,
         )
         factory.useragent = None  # the client's own User-Agent is forwarded instead

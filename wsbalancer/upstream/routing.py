@@ -13,13 +13,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from wsbalancer.config import Config, Route
+from wsbalancer.config import PoolConfig, Route
 
 
 class Lane:
     """One pool as it runs: settings, backends, dialer, affinity, HTTP client."""
 
-    def __init__(self, config: Config, pool: Any, dialer: Any, affinity: Any) -> None:
+    def __init__(self, config: PoolConfig, pool: Any, dialer: Any, affinity: Any) -> None:
         self.config = config
         self.pool = pool
         self.dialer = dialer

@@ -6,7 +6,7 @@ import ipaddress
 import re
 from collections.abc import Collection, Iterable
 
-from wsbalancer.config import HANDSHAKE_HEADERS, Config
+from wsbalancer.config import HANDSHAKE_HEADERS, PoolConfig
 
 # The backend leg's client writes these itself on every request.
 _WRITTEN_BY_BACKEND_LEG = frozenset({"pragma", "cache-control"})
@@ -75,7 +75,7 @@ def canonical(name: str) -> str:
 
 def backend_request_headers(
     client_headers: Iterable[tuple[str, str]],
-    config: Config,
+    config: PoolConfig,
     peer_host: str,
     client_is_tls: bool,
     dropped: Collection[str] = HANDSHAKE_HEADERS | _WRITTEN_BY_BACKEND_LEG,
@@ -120,7 +120,7 @@ def backend_request_headers(
 
 
 def pass_back_headers(
-    backend_headers: Iterable[tuple[str, str]], config: Config
+    backend_headers: Iterable[tuple[str, str]], config: PoolConfig
 ) -> dict[str, list[str]]:
     """Headers of the backend's 101 that go back to the client (e.g. Set-Cookie)."""
     wanted = set(config.pass_back_headers)

@@ -7,9 +7,11 @@ from typing import Any
 from wsbalancer.config import Config
 
 
-def leg_options(config: Config, handshake_timeout: float, keepalive: Any) -> dict[str, Any]:
+def leg_options(process: Config, handshake_timeout: float, keepalive: Any) -> dict[str, Any]:
     """Options shared by the client leg and the backend leg; each adds its own (the
-    compression policy, the server's connection limit)."""
+    compression policy, the server's connection limit). `process`: the process-wide
+    settings (sizes, close timeout); the handshake timeout and keepalive may be a pool's."""
+    config = process
     return {
         "openHandshakeTimeout": handshake_timeout,
         "closeHandshakeTimeout": config.close_timeout,
