@@ -6,11 +6,12 @@
 Each accepted connection goes to the backend with the fewest open connections, and bytes
 are copied both ways as they arrive (the handshake, frames and closes pass through
 untouched, as HAProxy's tunnel does). It runs on the same reactor with the same trims
-wsbalancer installs (`wsbalancer.wire.lean`: the leaner epoll loop, no logging context around
-reads, writes sent at once when nothing is queued), so what it costs per message and per
-session is what Twisted's connection machinery costs on this machine before any parsing,
-validation, balancing or bookkeeping. `bench/run.py --floor` runs it as a reference path.
-It is a measuring instrument, not a product: no TLS, no health checks, no failover.
+wsbalancer installs (`wsbalancer.wire.lean.install()`: the leaner epoll loop, no logging
+context around reads; and `write_now`: writes sent at once when nothing is queued), so what
+it costs per message and per session is what Twisted's connection machinery costs on this
+machine before any parsing, validation, balancing or bookkeeping. `bench/run.py --floor`
+runs it as a reference path. It is a measuring instrument, not a product: no TLS, no health
+checks, no failover.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from twisted.internet import protocol, reactor  # Linux's default: the epoll reactor
 
-from wsbalancer.wire.lean import write_now  # and with it the reactor trims wsbalancer runs with
+from wsbalancer.wire.lean import install, write_now
 
 
 class Leg(protocol.Protocol):
@@ -115,6 +116,7 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2:
         sys.exit(__doc__)
     port, *backend_ports = (int(a) for a in argv)
+    install()  # the reactor trims wsbalancer runs with (build_service installs them there)
     reactor.listenTCP(port, FloorFactory(backend_ports), backlog=1024, interface="127.0.0.1")  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
 

@@ -27,6 +27,7 @@ def test_small_frames_are_masked_exactly_as_autobahn_does_in_any_chunking() -> N
 def test_large_frames_keep_the_native_masker_and_autobahn_uses_the_lean_factory() -> None:
     import autobahn.websocket.protocol as autobahn_protocol
 
+    assert "small-frame-masker" in lean.install().applied  # (conftest installed it already)
     assert autobahn_protocol.create_xor_masker is lean.create_xor_masker
     big = lean.create_xor_masker(b"abcd", lean.SMALL_FRAME + 1)
     assert not isinstance(big, lean.SmallFrameMasker)

@@ -39,6 +39,7 @@ from wsbalancer.service.workers import WorkerPool, WorkerStartError
 from wsbalancer.upstream.dialer import tls_options
 from wsbalancer.upstream.discovery import PoolDiscovery, balancer_discovery
 from wsbalancer.upstream.poller import CountPoller
+from wsbalancer.wire import lean
 
 log = logs.logger("wsbalancer")
 
@@ -411,8 +412,14 @@ def build_service(
     """The whole balancer as a MultiService, for twistd or for embedding.
 
     With `workers` above 1, `worker_spec` says where worker processes load the
-    configuration from (`{"config": path, "overrides": [...], "backends": [...]}`)."""
+    configuration from (`{"config": path, "overrides": [...], "backends": [...]}`).
+
+    It installs the process-wide Autobahn and Twisted trims the balancer is measured with
+    (`wsbalancer.wire.lean.install()`: lazy debug formatting, the small-frame masker, the
+    leaner epoll main loop, ...), once; every way the balancer runs (twistd, `wsbalancer
+    run`, worker processes, the demo, a program embedding it) comes through here."""
     logs.set_level(config.log_level, config.log_library_level)
+    lean.install()  # after set_level: a skipped trim's warning line obeys it
     seed = (worker_spec or {}).get("secret_seed")
     balancer = Balancer(
         config,

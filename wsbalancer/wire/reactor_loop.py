@@ -13,7 +13,11 @@ echo. This loop does the same work, skipping what is provably a no-op:
   check, error logging and disconnect as `_doReadOrWrite`; any other event takes
   `_doReadOrWrite` itself.
 
-Installed on `EPollReactor` when this module is imported (by `lean.py`).
+Importing this module changes nothing: `wsbalancer.wire.lean.install()` puts `main_loop`
+on `EPollReactor` (after checking that the names it relies on are Twisted's, see its
+"epoll-main-loop" group). A reactor instance lacking one of the attributes the loop reads
+(`INSTANCE_NAMES`: set in its constructor, so not checkable beforehand) runs Twisted's own
+loop instead, with one warning line.
 """
 
 from __future__ import annotations
@@ -23,17 +27,41 @@ import sys
 from select import EPOLLIN
 from typing import Any
 
-from twisted.internet import epollreactor
-from twisted.internet.posixbase import _NO_FILEDESC
+from twisted.internet import epollreactor, posixbase
+from twisted.internet.base import ReactorBase
 from twisted.logger import Logger
 from twisted.python import log as legacy_log
 
-_log = Logger(namespace="twisted.internet.base")
+_log = Logger(namespace="twisted.internet.base")  # as Twisted's own loop logs
+_lean_log = Logger(namespace="wsbalancer.lean")
 LONGEST_SLEEP = 2147483  # seconds: epoll_wait's timeout is an int of milliseconds
+
+
+# What the loop reads of the reactor instance, besides the methods install() checks.
+INSTANCE_NAMES = (
+    "_started",
+    "running",
+    "_poller",
+    "_selectables",
+    "_pendingTimedCalls",
+    "_newTimedCalls",
+    "_cancellations",
+    "_justStopped",
+    "threadCallQueue",
+)
 
 
 def main_loop(reactor: Any) -> None:
     """`ReactorBase.mainLoop`: iterate until stopped; an error is logged, never fatal."""
+    missing = [name for name in INSTANCE_NAMES if not hasattr(reactor, name)]
+    if missing:
+        _lean_log.warn(
+            "the lean epoll main loop needs reactor attributes {missing} this Twisted does not"
+            " have: running Twisted's own main loop",
+            missing=", ".join(missing),
+        )
+        ReactorBase.mainLoop(reactor)
+        return
     while reactor._started:
         try:
             _iterate(reactor)
@@ -50,6 +78,7 @@ def _iterate(reactor: Any) -> None:
     read_or_write = reactor._doReadOrWrite
     disconnect = reactor._disconnectSelectable
     call_with_logger = epollreactor.log.callWithLogger
+    no_filedesc = posixbase._NO_FILEDESC
     while reactor._started:
         pending = reactor._pendingTimedCalls
         if (
@@ -88,7 +117,7 @@ def _iterate(reactor: Any) -> None:
             why: BaseException | None
             try:
                 if selectable.fileno() == -1:
-                    why = _NO_FILEDESC
+                    why = no_filedesc
                 else:
                     why = selectable.doRead()
                     in_read = True
@@ -97,6 +126,3 @@ def _iterate(reactor: Any) -> None:
                 legacy_log.err(system=getattr(selectable, "logstr", "-"))
             if why:
                 call_with_logger(selectable, disconnect, selectable, why, in_read)
-
-
-epollreactor.EPollReactor.mainLoop = main_loop  # type: ignore[method-assign,assignment]
