@@ -66,6 +66,7 @@ CLASS_ATTRIBUTES = [
         "service/tap.ListenerService",
     ),
     (_WS, "_dataReceived", "relay/protocols, relay/splice, wire/frames"),
+    (_WS, "CLOSE_STATUS_CODES_ALLOWED", "relay/protocols (swapped for a 1014 close frame)"),
     (_WS, "_max_message_size_exceeded", "wire/frames"),
     (_WS, "_invalid_payload", "wire/frames"),
     (_WS, "_cancelAutoPingTimeoutCall", "wire/frames"),

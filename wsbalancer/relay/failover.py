@@ -42,10 +42,16 @@ class SessionFailover(SessionDialing):
             and code in config.abnormal_close_codes
             # Backends that keep failing a session as soon as they get it must not keep one
             # client in a loop of reconnects: after this many quick deaths in a row, the
-            # backend's close is passed on. A leg that lived `stable_after` resets the count.
-            and self.quick_failovers < config.failover_max_consecutive
+            # backend's close is passed on. A leg that lived `stable_after` resets the count
+            # (before this check: its own death is the first of a new count).
+            and self._quick_deaths() < config.failover_max_consecutive
             and (not self.spliced or self._splice_fails_over())
         )
+
+    def _quick_deaths(self) -> int:
+        """Failovers in a row of legs that died young, not counting a stable current leg."""
+        lived = self.balancer.clock.seconds() - self.leg_opened
+        return 0 if lived >= self.lane.config.failover_stable_after else self.quick_failovers
 
     def _splice_fails_over(self) -> bool:
         # A backend that was midway through a message cannot be replaced: the client

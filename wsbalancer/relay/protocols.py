@@ -17,6 +17,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from autobahn.websocket.protocol import WebSocketProtocol
 
 try:
     from twisted.internet.endpoints import _WrappingProtocol
@@ -37,7 +38,13 @@ from wsbalancer.wire.headers import parse_raw_headers, valid_host
 from wsbalancer.wire.lean import LeanReceive, LeanSend, bake_options, shed_handshake
 from wsbalancer.wire.options import leg_options
 from wsbalancer.wire.peers import peer_host
-from wsbalancer.wire.states import ALLOWED_CLOSE_CODES, CLOSED, NO_CLOSE_FRAME, OPEN
+from wsbalancer.wire.states import (
+    ALLOWED_CLOSE_CODES,
+    CLOSE_BAD_GATEWAY,
+    CLOSED,
+    NO_CLOSE_FRAME,
+    OPEN,
+)
 
 if TYPE_CHECKING:
     from wsbalancer.config import Config
@@ -95,7 +102,10 @@ class RelayLeg(FastFrames, LeanReceive, LeanSend):
 
     def onCloseFrame(self, code: Any, reasonRaw: Any) -> Any:
         was_open = self.state == OPEN
-        failed = super().onCloseFrame(code, reasonRaw)  # type: ignore[misc]
+        if code == CLOSE_BAD_GATEWAY:
+            failed = self._close_frame_1014(code, reasonRaw)
+        else:
+            failed = super().onCloseFrame(code, reasonRaw)  # type: ignore[misc]
         if not failed and was_open and self.session is not None:
             self.closed_by_peer(self.session, self.remoteCloseCode, reasonRaw)
         return failed
@@ -103,6 +113,17 @@ class RelayLeg(FastFrames, LeanReceive, LeanSend):
     def closed_by_peer(self, session: IRelaySession, code: int | None, reason: bytes) -> None:
         """This leg's peer sent a valid close frame."""
         raise NotImplementedError
+
+    def _close_frame_1014(self, code: int, reason: Any) -> Any:
+        # Autobahn checks a close code against WebSocketProtocol's own list, which predates
+        # 1014 (Bad Gateway, registered with IANA), not the class's: for this one frame its
+        # check sees the list with 1014, so the code is taken, echoed and passed on as sent.
+        saved = WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED
+        WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED = ALLOWED_CLOSE_CODES
+        try:
+            return super().onCloseFrame(code, reason)  # type: ignore[misc]
+        finally:
+            WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED = saved
 
 
 class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]

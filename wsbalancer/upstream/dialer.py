@@ -242,7 +242,9 @@ class BackendDialer:
         def connect_failed(failure: Any) -> None:
             if failure.check(error.TimeoutError):
                 dial.failed(BackendTimeoutError("connect timed out"))
-            elif not failure.check(defer.CancelledError):
+            # Cancelled by us (the client left, the dial budget ran out): not the backend's
+            # failure. While TCP is still connecting, the endpoint says so with its own error.
+            elif not failure.check(defer.CancelledError, error.ConnectingCancelledError):
                 dial.failed(BackendConnectError(_reason(failure.value)))
 
         connecting.addErrback(connect_failed)
