@@ -6,7 +6,7 @@
 Each accepted connection goes to the backend with the fewest open connections, and bytes
 are copied both ways as they arrive (the handshake, frames and closes pass through
 untouched, as HAProxy's tunnel does). It runs on the same reactor with the same trims
-wsbalancer installs (`wsbalancer.wire.lean.install()`: the leaner epoll loop, no logging
+wsbalancer installs (`wsbalancer.wire.patches.install()`: the leaner epoll loop, no logging
 context around reads; and `write_now`: writes sent at once when nothing is queued), so what
 it costs per message and per session is what Twisted's connection machinery costs on this
 machine before any parsing, validation, balancing or bookkeeping. `bench/run.py --floor`
@@ -21,7 +21,8 @@ from typing import Any
 
 from twisted.internet import protocol, reactor  # Linux's default: the epoll reactor
 
-from wsbalancer.wire.lean import install, write_now
+from wsbalancer.wire.lean import write_now
+from wsbalancer.wire.patches import install
 
 
 class Leg(protocol.Protocol):

@@ -1,7 +1,7 @@
 """Test set-up: Twisted runs on the asyncio loop so real asyncio clients (websockets) and
 Twisted code share one reactor; every test waits on events with a timeout, never a sleep.
 
-The balancer's Autobahn and Twisted trims (`wsbalancer.wire.lean.install()`) are installed
+The balancer's Autobahn and Twisted trims (`wsbalancer.wire.patches.install()`) are installed
 for the whole session, as every balancer process has them (build_service installs them
 too, but then which tests ran with them would depend on the order). scripts/test.sh also
 runs the data-path integration tests (relay, splice, failover, ...) on the epoll reactor
@@ -25,9 +25,9 @@ def on_epoll_reactor(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     # The output folder for reports and screenshots the tests leave behind.
     os.makedirs(os.path.join(ROOT, "test-output"), exist_ok=True)
-    from wsbalancer.wire import lean
+    from wsbalancer.wire import patches
 
-    lean.install()  # before pytest-twisted first runs the reactor: the main loop is ours
+    patches.install()  # before pytest-twisted first runs the reactor: the main loop is ours
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

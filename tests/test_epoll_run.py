@@ -1,6 +1,6 @@
 """scripts/test.sh's second pass runs the relay and splice integration tests on the epoll
 reactor (`--reactor=default`), the one every balancer process runs on, under the lean main
-loop that `lean.install()` puts there; this checks that pass really is that. On the
+loop that `patches.install()` puts there; this checks that pass really is that. On the
 asyncio reactor of the main pass there is nothing to check."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.base import ReactorBase
 from twisted.internet.task import deferLater
 
-from wsbalancer.wire import lean, reactor_loop
+from wsbalancer.wire import lean, patches, reactor_loop
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def epoll() -> None:
 def test_the_run_is_on_the_epoll_reactor_with_every_trim(epoll: None) -> None:
     from twisted.internet import epollreactor
 
-    assert lean.install().skipped == {}
+    assert patches.install().skipped == {}
     assert type(reactor).mainLoop is reactor_loop.main_loop
     assert type(epollreactor.log) is lean._ReactorLog
 

@@ -7,6 +7,7 @@ import random
 from autobahn.websocket.xormasker import create_xor_masker as native
 
 import wsbalancer.wire.lean as lean
+import wsbalancer.wire.patches as patches
 
 
 def test_small_frames_are_masked_exactly_as_autobahn_does_in_any_chunking() -> None:
@@ -27,7 +28,7 @@ def test_small_frames_are_masked_exactly_as_autobahn_does_in_any_chunking() -> N
 def test_large_frames_keep_the_native_masker_and_autobahn_uses_the_lean_factory() -> None:
     import autobahn.websocket.protocol as autobahn_protocol
 
-    assert "small-frame-masker" in lean.install().applied  # (conftest installed it already)
+    assert "small-frame-masker" in patches.install().applied  # (conftest installed it already)
     assert autobahn_protocol.create_xor_masker is lean.create_xor_masker
     big = lean.create_xor_masker(b"abcd", lean.SMALL_FRAME + 1)
     assert not isinstance(big, lean.SmallFrameMasker)

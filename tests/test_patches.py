@@ -1,5 +1,5 @@
 """The patches policy: importing wsbalancer changes nothing of Autobahn or Twisted;
-`lean.install()` applies every patch group once, skips a group that does not fit the
+`patches.install()` applies every patch group once, skips a group that does not fit the
 installed libraries whole (one warning line), and every way the balancer runs installs
 them. Each case runs in a fresh interpreter: this one has them installed (conftest)."""
 
@@ -82,13 +82,13 @@ def test_importing_every_wsbalancer_module_patches_nothing() -> None:
         ".".join(key) for key, value in before.items()
         if key in after and after[key] is not value
     )
-    from wsbalancer.wire import lean
+    from wsbalancer.wire import lean, patches
     misfits = [
-        (need.owner, need.name, lean._misfit(need))
-        for group in lean.GROUPS for need in group.needs if lean._misfit(need)
+        (need.owner, need.name, patches._misfit(need))
+        for group in patches.GROUPS for need in group.needs if patches._misfit(need)
     ]
     print(json.dumps({{"changed": changed, "misfits": misfits,
-                      "installed": lean.installation() is not None}}))
+                      "installed": patches.installation() is not None}}))
     """
     )
     assert found == {"changed": [], "misfits": [], "installed": False}
@@ -122,16 +122,16 @@ def test_install_applies_every_group_once() -> None:
     found = _run(
         PATCHED
         + """
-    from wsbalancer.wire import lean, reactor_loop
+    from wsbalancer.wire import lean, patches, reactor_loop
     before = state()
-    first = lean.install()
+    first = patches.install()
     after = state()
     values = [ap.pformat, ap.hltype, ap.hlval, tw.hltype, ap.create_xor_masker, epollreactor.log]
-    second = lean.install()
+    second = patches.install()
     again = [ap.pformat, ap.hltype, ap.hlval, tw.hltype, ap.create_xor_masker, epollreactor.log]
     print(json.dumps({
         "before": before, "after": after, "applied": first.applied, "skipped": first.skipped,
-        "same": second is first and lean.installation() is first,
+        "same": second is first and patches.installation() is first,
         "untouched": all(a is b for a, b in zip(values, again)),
         "ours": [
             ap.pformat is lean._LazyFormat,
@@ -174,8 +174,8 @@ def test_a_name_that_does_not_fit_skips_its_whole_group_with_one_warning() -> No
     del tw.hlval
     del base.ReactorBase._insertNewDelayedCalls
     from twisted.logger import formatEvent
-    from wsbalancer.wire import lean
-    installed = lean.install()
+    from wsbalancer.wire import lean, patches
+    installed = patches.install()
     tw.hlval = autobahn.util.hlval
     print(json.dumps({
         "applied": installed.applied, "skipped": installed.skipped, "state": state(),
@@ -209,13 +209,13 @@ def test_the_assembly_installs_them() -> None:
     import json
     from twisted.internet.testing import MemoryReactorClock
     from wsbalancer.service import tap
-    from wsbalancer.wire import lean
+    from wsbalancer.wire import lean, patches
 
-    before = lean.installation()
+    before = patches.installation()
     options = tap.Options()
     options.parseOptions(["--backend", "ws://127.0.0.1:1"])
     tap.makeService(options, MemoryReactorClock())
-    print(json.dumps({"before": before is None, "applied": lean.installation().applied}))
+    print(json.dumps({"before": before is None, "applied": patches.installation().applied}))
     """
     )
     assert found["before"]

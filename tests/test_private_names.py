@@ -20,20 +20,20 @@ from twisted.internet import defer, reactor
 from twisted.internet.protocol import ClientCreator, Factory, Protocol, connectionDone
 from twisted.internet.testing import MemoryReactor, StringTransport
 
-from wsbalancer.wire import lean, reactor_loop
+from wsbalancer.wire import patches, reactor_loop
 
 from .helpers import frame
 
 # (module, name, where wsbalancer uses it)
 MODULE_GLOBALS = [
-    ("autobahn.websocket.protocol", "pformat", "lean.install: lazy-debug-pformat replaces it"),
-    ("autobahn.websocket.protocol", "hltype", "lean.install: lazy-debug-highlight"),
-    ("autobahn.websocket.protocol", "hlval", "lean.install: lazy-debug-highlight"),
-    ("autobahn.twisted.websocket", "hltype", "lean.install: lazy-debug-highlight"),
-    ("autobahn.twisted.websocket", "hlval", "lean.install: lazy-debug-highlight"),
-    ("autobahn.websocket.protocol", "create_xor_masker", "lean.install: small-frame-masker"),
+    ("autobahn.websocket.protocol", "pformat", "patches.install: lazy-debug-pformat replaces it"),
+    ("autobahn.websocket.protocol", "hltype", "patches.install: lazy-debug-highlight"),
+    ("autobahn.websocket.protocol", "hlval", "patches.install: lazy-debug-highlight"),
+    ("autobahn.twisted.websocket", "hltype", "patches.install: lazy-debug-highlight"),
+    ("autobahn.twisted.websocket", "hlval", "patches.install: lazy-debug-highlight"),
+    ("autobahn.websocket.protocol", "create_xor_masker", "patches.install: small-frame-masker"),
     ("autobahn.websocket.xormasker", "create_xor_masker", "lean._native_masker, frames.xor_mask"),
-    ("twisted.internet.epollreactor", "log", "lean.install: reactor-log replaces it"),
+    ("twisted.internet.epollreactor", "log", "patches.install: reactor-log replaces it"),
     ("twisted.internet.posixbase", "_NO_FILEDESC", "reactor_loop._iterate"),
     ("twisted.internet.endpoints", "_WrappingProtocol", "relay/protocols.unwrap"),
     ("twisted.web.client", "_HTTP11ClientFactory", "service/tap, workers, relay/httpproxy"),
@@ -45,7 +45,7 @@ _WS = "autobahn.websocket.protocol:WebSocketProtocol"
 
 # (module:Class, name, where): methods and class attributes, read, called or overridden.
 CLASS_ATTRIBUTES = [
-    (_EPOLL, "mainLoop", "lean.install: epoll-main-loop replaces it"),
+    (_EPOLL, "mainLoop", "patches.install: epoll-main-loop replaces it"),
     (_EPOLL, "doPoll", "reactor_loop reproduces it"),
     (_EPOLL, "_doReadOrWrite", "reactor_loop._iterate"),
     (_EPOLL, "_disconnectSelectable", "reactor_loop._iterate"),
@@ -142,7 +142,7 @@ def test_every_name_install_checks_is_in_these_lists() -> None:
     listed = {(m, n) for m, n, _ in MODULE_GLOBALS} | {(o, n) for o, n, _ in CLASS_ATTRIBUTES}
     private = [
         (need.owner, need.name)
-        for group in lean.GROUPS
+        for group in patches.GROUPS
         for need in group.needs
         if need.name.startswith("_")
         or (":" not in need.owner and need.owner != "twisted.python.log")
@@ -152,9 +152,9 @@ def test_every_name_install_checks_is_in_these_lists() -> None:
 
 def test_every_patch_group_fits_the_installed_versions() -> None:
     # A group that no longer fits is skipped with a warning at run time; here it fails.
-    installed = lean.install()
+    installed = patches.install()
     assert installed.skipped == {}
-    assert installed.applied == tuple(group.name for group in lean.GROUPS)
+    assert installed.applied == tuple(group.name for group in patches.GROUPS)
 
 
 def test_the_epoll_reactor_has_what_the_lean_loop_reads() -> None:

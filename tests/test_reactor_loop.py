@@ -2,7 +2,7 @@
 cancelled), calls from threads, reads, writes that must wait for the socket, an error in a
 protocol (logged, that connection dropped, the others served), an error while a connection
 is dropped (logged for it, not in the loop) and a clean stop. Run in a
-fresh process with its own reactor, the loop put in place by `lean.install()`."""
+fresh process with its own reactor, the loop put in place by `patches.install()`."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ SCRIPT = textwrap.dedent(
     epollreactor.install()
     from twisted.internet import protocol, reactor
     from twisted.logger import globalLogPublisher
-    from wsbalancer.wire import lean, reactor_loop
+    from wsbalancer.wire import lean, patches, reactor_loop
 
-    lean.install()
+    patches.install()
     seen = {"loop": type(reactor).mainLoop is reactor_loop.main_loop, "events": [],
             "errors": 0, "echoed": 0, "main_loop_errors": 0, "lost_errors": 0}
     events = seen["events"]

@@ -39,7 +39,7 @@ from wsbalancer.service.workers import WorkerPool, WorkerStartError
 from wsbalancer.upstream.dialer import tls_options
 from wsbalancer.upstream.discovery import PoolDiscovery, balancer_discovery
 from wsbalancer.upstream.poller import CountPoller
-from wsbalancer.wire import lean
+from wsbalancer.wire import patches
 
 log = logs.logger("wsbalancer")
 
@@ -415,11 +415,11 @@ def build_service(
     configuration from (`{"config": path, "overrides": [...], "backends": [...]}`).
 
     It installs the process-wide Autobahn and Twisted trims the balancer is measured with
-    (`wsbalancer.wire.lean.install()`: lazy debug formatting, the small-frame masker, the
+    (`wsbalancer.wire.patches.install()`: lazy debug formatting, the small-frame masker, the
     leaner epoll main loop, ...), once; every way the balancer runs (twistd, `wsbalancer
     run`, worker processes, the demo, a program embedding it) comes through here."""
     logs.set_level(config.log_level, config.log_library_level)
-    lean.install()  # after set_level: a skipped trim's warning line obeys it
+    patches.install()  # after set_level: a skipped trim's warning line obeys it
     seed = (worker_spec or {}).get("secret_seed")
     balancer = Balancer(
         config,

@@ -13,7 +13,7 @@ echo. This loop does the same work, skipping what is provably a no-op:
   check, error logging and disconnect as `_doReadOrWrite`; any other event takes
   `_doReadOrWrite` itself.
 
-Importing this module changes nothing: `wsbalancer.wire.lean.install()` puts `main_loop`
+Importing this module changes nothing: `wsbalancer.wire.patches.install()` puts `main_loop`
 on `EPollReactor` (after checking that the names it relies on are Twisted's, see its
 "epoll-main-loop" group). A reactor instance lacking one of the attributes the loop reads
 (`INSTANCE_NAMES`: set in its constructor, so not checkable beforehand) runs Twisted's own
