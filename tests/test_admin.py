@@ -240,7 +240,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 async def test_prometheus_metrics() -> None:
     balancer, stub = make()
     populate(balancer)
-    balancer.poll_result(balancer.pool.backends["b"], 0.25, "HTTP 503")
+    balancer.cluster.reporter.poll_result(balancer.pool.backends["b"], 0.25, "HTTP 503")
     code, body = await get_pumped(stub, "/metrics")
     assert code == 200
     found = samples(body.decode())

@@ -191,3 +191,20 @@ def test_the_boundaries_are_provided_as_declared() -> None:
     assert verifyObject(IMessageHook, MessageHook())
     for listener in balancer.listeners:
         assert verifyObject(ISessionListener, listener)
+
+
+def test_no_module_or_class_outgrows_a_room() -> None:
+    # ~500 lines a module, ~250 a class (a tenth over is "about"): past that, a module holds
+    # two concerns and is split by them.
+    oversized = []
+    for name, (path, _) in sorted(_modules().items()):
+        text = path.read_text()
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES:
+            oversized.append(f"{name}: {lines} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ClassDef):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                if size > MAX_CLASS_LINES * 1.1:
+                    oversized.append(f"{name}.{node.name}: {size} lines")
+    assert not oversized, oversized

@@ -12,7 +12,7 @@ import time
 from websockets.sync.client import connect
 
 from wsbalancer.devtools.processes import free_port, processes, spawn_balancer, spawn_demo_backend
-from wsbalancer.service.tap import LISTEN_BACKLOG, ListenerService, with_default_backlog
+from wsbalancer.service.listeners import LISTEN_BACKLOG, ListenerService, with_default_backlog
 
 BURST = 300  # well past Twisted's 50, well under our default
 

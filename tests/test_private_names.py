@@ -63,7 +63,7 @@ CLASS_ATTRIBUTES = [
     (
         "twisted.application.internet:StreamServerEndpointService",
         "_raiseSynchronously",
-        "service/tap.ListenerService",
+        "service/listeners.ListenerService",
     ),
     (_WS, "_dataReceived", "relay/protocols, relay/splice, wire/frames"),
     (_WS, "CLOSE_STATUS_CODES_ALLOWED", "relay/protocols (swapped for a 1014 close frame)"),
@@ -184,7 +184,7 @@ def test_twisted_state_set_in_constructors_and_at_start() -> None:
     endpoint = SSL4ServerEndpoint(MemoryReactor(), 0, object())
     assert "_sslContextFactory" in vars(endpoint)  # service/tlsreload
     service = StreamServerEndpointService(endpoint, Factory())
-    assert "_waitingForPort" in vars(service)  # service/tap.ListenerService.listening
+    assert "_waitingForPort" in vars(service)  # service/listeners.ListenerService.listening
     timer = TimerService(1.0, lambda: None)
     timer.clock = Clock()
     timer.startService()

@@ -10,7 +10,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from wsbalancer.config import BackendConfig, Config
@@ -18,6 +17,7 @@ from wsbalancer.config.interfaces import IReconfigurable
 from wsbalancer.observe.counters import BalancerMetrics
 from wsbalancer.observe.logs import Lazy, logger
 from wsbalancer.relay import hooks as extensions
+from wsbalancer.relay.factory import RelayFactory
 from wsbalancer.relay.hooks import SessionRecorder
 from wsbalancer.relay.httpproxy import proxy_site
 from wsbalancer.relay.ids import session_ids as new_session_ids
@@ -25,7 +25,6 @@ from wsbalancer.relay.interfaces import IFleetView, IProxyHost, ISessionEvents, 
 from wsbalancer.relay.protocols import (
     BackendProtocol,
     HookedBackendProtocol,
-    RelayFactory,
 )
 from wsbalancer.relay.session import RelaySession
 from wsbalancer.upstream.cluster import Cluster
@@ -89,15 +88,6 @@ class Balancer:
         """The top-level pool."""
         return self.cluster.pool
 
-    @property
-    def secret_seed(self) -> bytes:
-        """What worker processes derive the same affinity keys from."""
-        return self.cluster.secret_seed
-
-    def set_poller_factory(self, make_poller: Callable[[BackendPool], Any]) -> None:
-        """How count pollers are built; every pool (now and after reloads) gets one."""
-        self.cluster.set_poller_factory(make_poller)
-
     def route(self, target: str, host: str | None) -> Lane | None:
         """The pool a request goes to, or None when no route takes it (404)."""
         return self.cluster.router.route(target, host)
@@ -109,14 +99,6 @@ class Balancer:
     def all_backends(self) -> list[tuple[Lane, BackendState]]:
         """Every backend of every pool, with its pool."""
         return self.cluster.all_backends()
-
-    def poll_all(self) -> Deferred[Any]:
-        """Poll every pool's backends once (what the poll timer calls)."""
-        return self.cluster.poll_all()
-
-    def poll_result(self, backend: BackendState, seconds: float, error: str | None) -> None:
-        """The poller read (or failed to read) a backend's count."""
-        self.cluster.poll_result(backend, seconds, error)
 
     def add_backend(self, config: BackendConfig, lane: Lane | None = None) -> BackendState:
         """Add a backend at run time (admin API, DNS discovery) to a pool (the default)."""
@@ -133,10 +115,6 @@ class Balancer:
     def http_body_limit(self) -> int:
         """The largest request body any pool that proxies HTTP accepts."""
         return self.cluster.http_body_limit()
-
-    def stop_timers(self) -> None:
-        """Cancel what is scheduled for later (ejected backends' returns): stopping."""
-        self.cluster.stop_timers()
 
     def _move_sessions(self, state: BackendState, reason: str) -> int:
         moved = 0

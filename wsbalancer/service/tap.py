@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.error import CannotListenError
@@ -33,8 +33,9 @@ from wsbalancer.config import DEFAULT_POOL, Config, ConfigError, load
 from wsbalancer.config.interfaces import IReconfigurable
 from wsbalancer.observe import logs
 from wsbalancer.relay.balancer import Balancer
+from wsbalancer.service.listeners import Frontends, ListenerService
 from wsbalancer.service.notify import sd_notify
-from wsbalancer.service.tlsreload import reload_certificates, server_endpoint
+from wsbalancer.service.tlsreload import reload_certificates
 from wsbalancer.service.workers import WorkerPool, WorkerStartError
 from wsbalancer.upstream.dialer import tls_options
 from wsbalancer.upstream.discovery import PoolDiscovery, balancer_discovery
@@ -133,30 +134,6 @@ class _MetricTLSPolicy:
         if host not in self._by_host:
             self._by_host[host] = tls_options(host, self.config)
         return self._by_host[host]
-
-
-class Frontends:
-    """The client-facing listeners, as the admin API pauses and resumes them."""
-
-    def __init__(self, listeners: list[ListenerService]) -> None:
-        self.listeners = listeners
-        self.paused = False
-
-    def pause(self) -> None:
-        """Stop accepting new connections (open sessions are untouched)."""
-        for listener in self.listeners:
-            if listener.port is not None:
-                listener.port.stopReading()
-        self.paused = True
-        log.warn("frontends paused: no new connections are accepted")
-
-    def resume(self) -> None:
-        """Accept new connections again."""
-        for listener in self.listeners:
-            if listener.port is not None:
-                listener.port.startReading()
-        self.paused = False
-        log.info("frontends resumed")
 
 
 @implementer(IReconfigurable)
@@ -331,59 +308,10 @@ class BalancerService(MultiService):
         for call in calls:
             if call.active():
                 call.cancel()
-        balancer.stop_timers()
+        balancer.cluster.stop_timers()
         if workers is not None:
             await workers
         await super().stopService()
-
-
-# Twisted's endpoints listen with a backlog of 50, which a reconnect wave (thousands of
-# clients at once after a deploy) overflows into dropped SYNs and 1-3 s client retries. The
-# kernel caps it at net.core.somaxconn; a `backlog=` in the description still wins.
-LISTEN_BACKLOG = 1024
-
-
-def with_default_backlog(description: str) -> str:
-    """The listen description with `backlog=LISTEN_BACKLOG` unless it sets one."""
-    kind = description.split(":", 1)[0]
-    parts = description.split(":")
-    if kind in ("tcp", "tcp6", "ssl", "unix") and not any(p.startswith("backlog=") for p in parts):
-        return f"{description}:backlog={LISTEN_BACKLOG}"
-    return description
-
-
-class ListenerService(StreamServerEndpointService):
-    """A listening endpoint; a taken port fails start-up loudly."""
-
-    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
-        try:
-            endpoint, self.tls = server_endpoint(reactor, with_default_backlog(description))
-        except TypeError:
-            # A backlog given by position (`tcp:8080:0.0.0.0:128`): "multiple values for
-            # argument 'backlog'" with ours added. The description as written has its own.
-            endpoint, self.tls = server_endpoint(reactor, description)
-        super().__init__(endpoint, factory)
-        self.description = description
-        self._raiseSynchronously = True
-        self.port: Any = None
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self.listening().addCallback(lambda port: setattr(self, "port", port))
-
-    def listening(self) -> Deferred[Any]:
-        """Fires with the IListeningPort once listening (to learn a port-0 address)."""
-        waiting = self._waitingForPort
-        if waiting is None:
-            raise RuntimeError("the listener has not been started")
-        result: Deferred[Any] = Deferred()
-
-        def fire(port: Any) -> Any:
-            result.callback(port)
-            return port
-
-        waiting.addCallback(fire)
-        return result
 
 
 def configured_backends(config: Config) -> dict[str, str]:
@@ -435,7 +363,7 @@ def build_service(
         top.listeners.append(listener)
     if config.workers > 1 and worker_spec is not None and config.listen:
         top.workers = WorkerPool(
-            top.listeners, balancer.secret_seed, config.workers, worker_spec, reactor
+            top.listeners, balancer.cluster.secret_seed, config.workers, worker_spec, reactor
         )
 
     pool = HTTPConnectionPool(reactor, persistent=True)
@@ -449,16 +377,16 @@ def build_service(
         connectTimeout=config.fetch_timeout,
     )
     http_client = HTTPClient(agent)
-    balancer.set_poller_factory(
+    balancer.cluster.set_poller_factory(
         lambda backends: CountPoller(
             backends,
             http_client,
             reactor,
             config.fetch_timeout,
-            on_result=balancer.poll_result,
+            on_result=balancer.cluster.reporter.poll_result,
         )
     )
-    timer = TimerService(config.poll_interval, balancer.poll_all)
+    timer = TimerService(config.poll_interval, balancer.cluster.poll_all)
     timer.clock = reactor
     timer.setServiceParent(top)
     top.poll_timer = timer

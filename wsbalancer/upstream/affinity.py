@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from wsbalancer.config import PoolConfig
+from wsbalancer.observe.logs import logger
 from wsbalancer.upstream.pool import BackendPool, BackendState
 
 VNODES = 64  # ring points per unit of weight: enough for an even split of a few backends
@@ -258,3 +259,45 @@ def _hash(text: str) -> int:
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def affinity_settings(config: PoolConfig) -> tuple[Any, ...]:
+    """What a pool's affinity is made of: a change in any of it makes a new one."""
+    return (
+        config.affinity,
+        config.affinity_cookie,
+        config.affinity_secret,
+        config.affinity_samesite,
+        config.affinity_max_age,
+        config.affinity_key,
+        config.affinity_load_factor,
+        config.affinity_pin_idle,
+    )
+
+
+class AffinityKeys:
+    """The keys cookie affinity signs with. A pool with no `affinity.secret` gets one
+    derived from `seed`, which worker processes share with their master (a cookie one
+    issued, all honour); derived keys are kept across reloads."""
+
+    log = logger("wsbalancer")
+
+    def __init__(self, seed: bytes | None = None) -> None:
+        self.seed = seed or new_secret()
+        self._derived: dict[str, bytes] = {}
+
+    def affinity(self, config: PoolConfig, seconds: Callable[[], float]) -> Affinity:
+        """A pool's Affinity, with its configured key or one derived for it."""
+        secret = config.affinity_secret.encode()
+        if config.affinity == "cookie" and not secret:
+            secret = self._derived.get(config.pool_name, b"")
+            if not secret:
+                secret = hmac.new(self.seed, config.pool_name.encode(), "sha256").digest()
+                self._derived[config.pool_name] = secret
+                self.log.warn(
+                    "affinity.secret is not set for pool {pool}: using a random one, so its "
+                    "affinity cookies will not survive a restart or be honoured by another "
+                    "instance",
+                    pool=config.pool_name,
+                )
+        return Affinity(config, secret, seconds)

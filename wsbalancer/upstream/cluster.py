@@ -7,7 +7,6 @@ sessions (`move_sessions`); it imports no protocol and knows no session.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -19,24 +18,12 @@ from wsbalancer.config import DEFAULT_POOL, BackendConfig, Config, PoolConfig
 from wsbalancer.config.interfaces import IReconfigurable
 from wsbalancer.observe.counters import BalancerMetrics
 from wsbalancer.observe.logs import logger
-from wsbalancer.upstream.affinity import Affinity, new_secret
+from wsbalancer.upstream.affinity import Affinity, AffinityKeys
 from wsbalancer.upstream.dialer import BackendDialer
-from wsbalancer.upstream.outlier import OutlierDetector, OutlierState
-from wsbalancer.upstream.pool import CLOSED, UP, BackendPool, BackendState
+from wsbalancer.upstream.outlier import OutlierDetector
+from wsbalancer.upstream.pool import BackendPool, BackendState
+from wsbalancer.upstream.reporting import FleetReporter
 from wsbalancer.upstream.routing import Lane, Router
-
-
-def _affinity_settings(config: PoolConfig) -> tuple[Any, ...]:
-    return (
-        config.affinity,
-        config.affinity_cookie,
-        config.affinity_secret,
-        config.affinity_samesite,
-        config.affinity_max_age,
-        config.affinity_key,
-        config.affinity_load_factor,
-        config.affinity_pin_idle,
-    )
 
 
 @implementer(IReconfigurable)
@@ -65,10 +52,8 @@ class Cluster:
         self.event = event  # remember something for the dashboard
         self.move_sessions = move_sessions  # move a backend's sessions elsewhere; how many
         self.rng = rng
-        # Pools with cookie affinity and no affinity.secret get a key derived from this seed,
-        # which worker processes share with their master (a cookie one issued, all honour).
-        self.secret_seed = secret_seed or new_secret()
-        self._secrets: dict[str, bytes] = {}  # generated affinity keys, kept across reloads
+        self.reporter = FleetReporter(metrics, clock, event)
+        self.keys = AffinityKeys(secret_seed)
         # Builds a count poller for a pool (set by the service assembly; None in unit tests).
         self.make_poller: Callable[[BackendPool], Any] | None = None
         self.lanes: dict[str, Lane] = {}
@@ -93,14 +78,14 @@ class Cluster:
             breaker_cooldown=config.breaker_cooldown,
             rng=self.rng,
         )
-        pool.on_state_change = self._state_changed
+        pool.on_state_change = self.reporter.state_changed
         pool.outliers = OutlierDetector(
             self.clock,
             hosts=lambda: [b.id for b in pool.backends.values() if not b.removed],
             consecutive_failures=config.outlier_consecutive_failures,
             base_ejection=config.outlier_base_ejection,
             max_ejection_percent=config.outlier_max_ejection_percent,
-            on_change=self._outlier_changed,
+            on_change=self.reporter.outlier_changed,
         )
         dialer = BackendDialer(
             self.reactor,
@@ -116,19 +101,12 @@ class Cluster:
         return lane
 
     def _new_affinity(self, config: PoolConfig) -> Affinity:
-        secret = config.affinity_secret.encode()
-        if config.affinity == "cookie" and not secret:
-            secret = self._secrets.get(config.pool_name, b"")
-            if not secret:
-                secret = hmac.new(self.secret_seed, config.pool_name.encode(), "sha256").digest()
-                self._secrets[config.pool_name] = secret
-                self.log.warn(
-                    "affinity.secret is not set for pool {pool}: using a random one, so its "
-                    "affinity cookies will not survive a restart or be honoured by another "
-                    "instance",
-                    pool=config.pool_name,
-                )
-        return Affinity(config, secret, self.clock.seconds)
+        return self.keys.affinity(config, self.clock.seconds)
+
+    @property
+    def secret_seed(self) -> bytes:
+        """What worker processes derive the same affinity keys from."""
+        return self.keys.seed
 
     def set_poller_factory(self, make_poller: Callable[[BackendPool], Any]) -> None:
         """How count pollers are built; every pool (now and after reloads) gets one."""
@@ -136,10 +114,6 @@ class Cluster:
         for lane in self.lanes.values():
             if lane.poller is None:
                 lane.poller = make_poller(lane.pool)
-
-    def route(self, target: str, host: str | None) -> Lane | None:
-        """The pool a request goes to, or None when no route takes it (404)."""
-        return self.router.route(target, host)
 
     def lane_of(self, backend: BackendState) -> Lane | None:
         """The pool a backend belongs to."""
@@ -205,26 +179,8 @@ class Cluster:
         old, lane.config = lane.config, new
         prefix = "" if new.pool_name == DEFAULT_POOL else f"pool {new.pool_name}: "
         changes: list[str] = []
-        lane.dialer.reconfigure(new, self.config)
-        if _affinity_settings(old) != _affinity_settings(new):
-            lane.affinity.release_all()
-            lane.affinity = self._new_affinity(new)
-            changes.append(f"{prefix}affinity {new.affinity}")
-        if (old.http_timeout, old.backend_connect_timeout) != (
-            new.http_timeout,
-            new.backend_connect_timeout,
-        ):
-            lane.http_agent = None  # rebuilt with the new timeouts on next use
+        changes += lane.retune(old, self.config, self._new_affinity, prefix)
         pool = lane.pool
-        pool.strategy, pool.count_ttl = new.strategy, self.config.count_ttl
-        pool.fall, pool.rise = new.health_fall, new.health_rise
-        pool.breaker_threshold, pool.breaker_cooldown = new.breaker_threshold, new.breaker_cooldown
-        if pool.outliers is not None:
-            pool.outliers.configure(
-                new.outlier_consecutive_failures,
-                new.outlier_base_ejection,
-                new.outlier_max_ejection_percent,
-            )
         wanted = {b.id: b for b in new.backends}
         for backend_id, config in list(wanted.items()):
             elsewhere = self._other_pool_with(backend_id, lane)
@@ -316,40 +272,3 @@ class Cluster:
         for lane in self.lanes.values():
             if lane.pool.outliers is not None:
                 lane.pool.outliers.stop()
-
-    def poll_result(self, backend: BackendState, seconds: float, error: str | None) -> None:
-        """The poller read (or failed to read) a backend's count."""
-        self.log.debug(
-            "poll {backend}: {result} in {ms:.1f} ms",
-            backend=backend.id,
-            result=error or f"{backend.reported} connections",
-            ms=seconds * 1000,
-            error=error,
-            reported=backend.reported,
-        )
-        self.metrics.poll_seconds.labels(backend.id).observe(seconds)
-        if error is not None:
-            self.metrics.poll_errors.labels(backend.id).inc()
-
-    def _state_changed(self, backend: BackendState, kind: str, state: str) -> None:
-        self.event(f"backend {backend.id} {kind} {state}")
-        self.metrics.state_changes.labels(backend.id, kind, state).inc()
-        (self.log.info if state in (UP, CLOSED) else self.log.warn)(
-            "backend {backend} {kind} is now {state}", backend=backend.id, kind=kind, state=state
-        )
-
-    def _outlier_changed(self, backend_id: str, ejected: bool, state: OutlierState) -> None:
-        if ejected:
-            seconds = (state.ejected_until or 0.0) - self.clock.seconds()
-            self.metrics.ejections.labels(backend_id).inc()
-            self.event(f"backend {backend_id} ejected for {seconds:g}s")
-            self.log.warn(
-                "backend {backend} ejected for {seconds:g}s after {failures} failed "
-                "handshakes in a row",
-                backend=backend_id,
-                seconds=seconds,
-                failures=state.failures,
-            )
-        else:
-            self.event(f"backend {backend_id} back from ejection")
-            self.log.info("backend {backend} is back from ejection", backend=backend_id)

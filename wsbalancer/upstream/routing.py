@@ -9,11 +9,12 @@ pool (or gets 404 when there is none). Plain Python, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from wsbalancer.config import PoolConfig, Route
+from wsbalancer.config import Config, PoolConfig, Route
+from wsbalancer.upstream.affinity import affinity_settings
 
 
 class Lane:
@@ -32,6 +33,39 @@ class Lane:
     def name(self) -> str:
         """The pool's name (`default` for the top-level one)."""
         return self.config.pool_name
+
+    def retune(
+        self,
+        old: PoolConfig,
+        process: Config,
+        make_affinity: Callable[[PoolConfig], Any],
+        prefix: str,
+    ) -> list[str]:
+        """Apply this pool's new settings (`self.config`, `old` before the reload) to its
+        dialer, affinity, HTTP agent, picking, health and outlier detection."""
+        new = self.config
+        changes: list[str] = []
+        self.dialer.reconfigure(new, process)
+        if affinity_settings(old) != affinity_settings(new):
+            self.affinity.release_all()
+            self.affinity = make_affinity(new)
+            changes.append(f"{prefix}affinity {new.affinity}")
+        if (old.http_timeout, old.backend_connect_timeout) != (
+            new.http_timeout,
+            new.backend_connect_timeout,
+        ):
+            self.http_agent = None  # rebuilt with the new timeouts on next use
+        pool = self.pool
+        pool.strategy, pool.count_ttl = new.strategy, process.count_ttl
+        pool.fall, pool.rise = new.health_fall, new.health_rise
+        pool.breaker_threshold, pool.breaker_cooldown = new.breaker_threshold, new.breaker_cooldown
+        if pool.outliers is not None:
+            pool.outliers.configure(
+                new.outlier_consecutive_failures,
+                new.outlier_base_ejection,
+                new.outlier_max_ejection_percent,
+            )
+        return changes
 
     # --- what a session's dial asks of its pool ---------------------------------------
 
