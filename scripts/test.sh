@@ -8,7 +8,7 @@ bash scripts/setup.sh
 .venv/bin/mypy
 .venv/bin/coverage run -m pytest "$@"
 # The suite runs on the asyncio reactor (websockets clients share its loop); the balancer
-# runs on epoll with lean.install()'s main loop. So the data-path integration tests run a
+# runs on epoll with patches.install()'s main loop. So the data-path integration tests run a
 # second time on that reactor (pytest-twisted's default on Linux), under that loop, their
 # websockets clients on a thread of their own (tests/threaded_aio.py, tests/conftest.py).
 # The same options apply; when tests are named, the first pass was all that was asked for.
