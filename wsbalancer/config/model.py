@@ -93,6 +93,12 @@ class PoolConfig:
     outlier_consecutive_failures: int = 3  # outlier.py; 0 turns ejection off
     outlier_base_ejection: float = 30.0
     outlier_max_ejection_percent: float = 50.0
+    # admission.py: backend upgrades per second per backend and per pool (0: no limit)
+    admission_rate: float = 0.0
+    admission_pool_rate: float = 0.0
+    admission_burst: int = 0  # 0: one second's worth
+    admission_queue: int = 1000  # dials that may wait for a token at once
+    admission_max_wait: float = 5.0
     backend_connect_timeout: float = 5.0
     backend_handshake_timeout: float = 10.0
     # How long one client's handshake may spend dialling backends, all tries together.

@@ -9,6 +9,7 @@ a parser serves, so the model, the schema and discovery can all build on this mo
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -333,6 +334,18 @@ def parse_percent(value: Any) -> float:
     if not 0 <= percent <= 100:
         raise ValueError(f"expected a percentage from 0 to 100, got {value!r}")
     return percent
+
+
+def parse_rate(value: Any) -> float:
+    """A rate per second, 0 or more (`500`, `500/s`, `2.5`)."""
+    text = str(value).strip().removesuffix("/s")
+    try:
+        rate = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number per second, got {value!r}")
+    if not rate >= 0 or math.isinf(rate):
+        raise ValueError(f"expected a number per second, 0 or more, got {value!r}")
+    return rate
 
 
 def parse_cookie_name(value: Any) -> str:

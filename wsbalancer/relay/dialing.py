@@ -16,6 +16,7 @@ from wsbalancer.relay.session_base import (
     SessionBase,
 )
 from wsbalancer.relay.splice import splice_compatible
+from wsbalancer.upstream.admission import AdmissionRefusedError
 from wsbalancer.upstream.dialer import BackendConnectError, BackendHandshakeError, backend_resource
 from wsbalancer.wire.flow import unpair
 from wsbalancer.wire.lean import shed_handshake
@@ -55,6 +56,7 @@ class SessionDialing(SessionBase):
         tried = list(exclude)
         errors: list[str] = []
         reached = False
+        retry_after: int | None = None  # set when admission refused a backend
         while True:
             limit = None if deadline is None else deadline - balancer.clock.seconds()
             if limit is not None and limit <= 0:
@@ -66,6 +68,23 @@ class SessionDialing(SessionBase):
             tried.append(backend.id)
             lane.dial_started(backend)
             balancer.backend_picked(self, backend)
+            admission = lane.admission
+            if admission is not None and admission.enabled:
+                # Wait for this backend's (and pool's) next upgrade slot; the client's
+                # leaving cancels the wait as it would the dial.
+                self.dial = defer.ensureDeferred(admission.admit(backend.id, limit))
+                try:
+                    await self.dial
+                except AdmissionRefusedError as e:
+                    lane.dial_failed(backend, breaker=False, outlier=None)
+                    errors.append(f"{backend.id}: {e.reason}")
+                    retry_after = min(retry_after or e.retry_after, e.retry_after)
+                    continue
+                except defer.CancelledError:
+                    lane.dial_failed(backend, breaker=False, outlier=None)
+                    raise
+                finally:
+                    self.dial = None
             self.dial = lane.dialer.dial(
                 backend.config,
                 backend_resource(backend.config.url, args["uri"]),
@@ -123,6 +142,10 @@ class SessionDialing(SessionBase):
                 self.client.partner = leg
                 leg.partner = self.client
             return leg
+        if retry_after is not None and not reached:
+            raise NoBackendError(
+                503, "backends busy, retry later", errors, reached, retry_after=retry_after
+            )
         raise NoBackendError(503, "no backend available", errors, reached)
 
     def _misfit(self, leg: BackendProtocol) -> tuple[str, str] | None:

@@ -126,6 +126,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
 
     partner: BackendProtocol | None = None
     _handshake_pending = False
+    retry_after: int | None = None  # seconds, sent with a 503 when admission refused
     holds_slot = False  # counted under limits.max_connections(_per_ip) until the connection ends
     lane: Lane | None = None  # the pool the request was routed to
     http_channel: Any = None  # set when the connection is handed to the HTTP proxy
@@ -278,6 +279,8 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         headers = list(responseHeaders or [])
         if code == 426:
             headers.append(("Upgrade", "websocket"))
+        if self.retry_after is not None:
+            headers.append(("Retry-After", str(self.retry_after)))
         self.factory.handshake_outcome(f"refused_{code}")
         self.sendHttpErrorResponse(code, reason, headers)
         self.wasClean = True  # answered and logged above; spare Autobahn's second warning

@@ -111,6 +111,11 @@ class RelaySession(SessionFailover):
         try:
             leg = await self._connect(exclude=(), prefer=placement.backend, deadline=deadline)
         except NoBackendError as e:
+            if e.retry_after is not None:
+                # Admission: the backends take upgrades at a pace; come back then.
+                balancer.handshake_outcome("admission_refused")
+                client.retry_after = e.retry_after
+                raise ConnectionDeny(e.status, e.reason)
             balancer.handshake_outcome(
                 "backend_refused"
                 if e.status < 500

@@ -24,14 +24,23 @@ NO_ANSWER_IN_TIME = "no backend answered in time"
 
 class NoBackendError(Exception):
     """No backend took the session; `status` is what the client is told (a backend's 4xx,
-    503 when none is left to try, 504 when the dial budget ran out)."""
+    503 when none is left to try, 504 when the dial budget ran out); `retry_after`, when
+    admission refused the dials, is the Retry-After the client is given."""
 
-    def __init__(self, status: int, reason: str, errors: list[str], reached: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        errors: list[str],
+        reached: bool = False,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.errors = errors
         self.reached = reached  # some backend answered, but not with a usable session
+        self.retry_after = retry_after
 
 
 class SessionBase:

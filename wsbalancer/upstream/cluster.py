@@ -94,7 +94,7 @@ class Cluster:
             clock=self.clock,
             process=self.config,
         )
-        lane = Lane(config, pool, dialer, self._new_affinity(config))
+        lane = Lane(config, pool, dialer, self._new_affinity(config), self.clock)
         make_poller = getattr(self, "make_poller", None)  # unset while __init__ runs
         if make_poller is not None:
             lane.poller = make_poller(pool)
@@ -247,6 +247,8 @@ class Cluster:
             lane = self.lane_of(state)
             if lane is not None and state.requests == 0:
                 lane.pool.remove(state.id)
+                if lane.admission is not None:
+                    lane.admission.forget(state.id)
 
     def backend_idle(self, state: BackendState) -> None:
         """A removed backend's last plain-HTTP request ended: forget it if nothing is left."""

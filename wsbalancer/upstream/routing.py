@@ -14,13 +14,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wsbalancer.config import Config, PoolConfig, Route
+from wsbalancer.upstream.admission import Admission
 from wsbalancer.upstream.affinity import affinity_settings
 
 
 class Lane:
     """One pool as it runs: settings, backends, dialer, affinity, HTTP client."""
 
-    def __init__(self, config: PoolConfig, pool: Any, dialer: Any, affinity: Any) -> None:
+    def __init__(
+        self, config: PoolConfig, pool: Any, dialer: Any, affinity: Any, clock: Any = None
+    ) -> None:
         self.config = config
         self.pool = pool
         self.dialer = dialer
@@ -28,6 +31,8 @@ class Lane:
         self.http_agent: Any = None  # built on first use by the HTTP proxy
         self.poller: Any = None
         self.retired = False  # dropped by a reload: takes no new sessions
+        # Backend upgrades per second (admission.*), asked before every dial of this pool.
+        self.admission = Admission(config, clock) if clock is not None else None
 
     @property
     def name(self) -> str:
@@ -46,6 +51,8 @@ class Lane:
         new = self.config
         changes: list[str] = []
         self.dialer.reconfigure(new, process)
+        if self.admission is not None:
+            self.admission.configure(new)
         if affinity_settings(old) != affinity_settings(new):
             self.affinity.release_all()
             self.affinity = make_affinity(new)
