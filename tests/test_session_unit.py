@@ -831,3 +831,131 @@ def test_a_spliced_backend_lost_mid_frame_drops_the_client(rig: Any) -> None:
     assert (session.close_code, session.closed_by) == (1006, "backend")
     assert r.backends["b2"].handshakes == []
     assert r.events.of("closed") == [("closed", session.id, "b1", 1006)]
+
+
+# --- make-before-break migration ----------------------------------------------------------
+
+
+def _outcome(d: Deferred[str]) -> list[str]:
+    out: list[str] = []
+    d.addCallback(out.append)
+    return out
+
+
+def test_a_migration_dials_first_switches_on_the_101_and_drains_the_old_leg(rig: Any) -> None:
+    r = rig(("b1", "b2"))
+    client = r.connect("/room?x=1")
+    session = r.session
+    old_peer = r.backends["b1"].peer
+    r.send(client, b"m1")
+    r.backends["b2"].gated = True
+    outcome = _outcome(session.migrate("rebalance"))
+    r.net.pump()
+    # Until the new leg's 101, the old one carries everything (make-before-break).
+    r.send(client, b"m2")
+    assert r.backends["b1"].received == [b"m1", b"m2"] and outcome == []
+    (request,) = r.backends["b2"].handshakes
+    assert request.path == "/room" and request.headers["x-balancer-reconnect"] == "1"
+    assert request.protocols == ["v1"]
+    r.backends["b2"].release()
+    r.net.pump()
+    assert outcome == ["migrated"] and session.backend_id == "b2"
+    r.send(client, b"m3")
+    assert r.backends["b2"].received == [b"m3"] and r.backends["b1"].received == [b"m1", b"m2"]
+    # The old backend may still answer what it was sent: that reaches the client.
+    old_peer.sendMessage(b"late answer", False)
+    r.net.pump()
+    assert client.messages == [b"m1:b1", b"m2:b1", b"m3:b2", b"late answer"]
+    assert old_peer.state == OPEN  # not quiet yet
+    r.net.advance(1.0)  # heard from in the last period: kept
+    assert old_peer.state == OPEN
+    r.net.advance(1.0)  # a quiet period: closed with 1001, the client untouched
+    assert old_peer.closed_with == (1001, "session migrated")
+    assert client.closed_with is None and client.opened
+    assert (r.state("b1").local_sessions, r.state("b2").local_sessions) == (0, 1)
+    assert r.metric("wsbalancer_migrations_total", outcome="migrated") == 1
+    assert r.events.of("closed") == [] and session.reconnects == 1
+
+
+def test_an_old_leg_that_keeps_talking_is_closed_after_the_longest_drain(rig: Any) -> None:
+    r = rig(("b1", "b2"))
+    client = r.connect()
+    session = r.session
+    old_peer = r.backends["b1"].peer
+    outcome = _outcome(session.migrate("rebalance"))
+    r.net.pump()
+    assert outcome == ["migrated"]
+    for second in range(10):
+        old_peer.sendMessage(b"tick %d" % second, False)
+        r.net.pump()
+        assert old_peer.state == OPEN
+        r.net.advance(1.0)
+    assert old_peer.closed_with == (1001, "session migrated")
+    assert len(client.messages) == 10 and client.closed_with is None
+
+
+def test_a_session_that_cannot_migrate_safely_is_skipped_and_counted(rig: Any) -> None:
+    r = rig(("b1", "b2"), relay__mode="splice")
+    r.connect()
+    session = r.session
+    assert _outcome(session.migrate("rebalance")) == ["skipped: splice mode"]
+    assert r.backends["b2"].handshakes == [] and session.backend_id == "b1"
+    assert r.metric("wsbalancer_migrations_total", outcome="skipped") == 1
+
+
+def test_a_migration_that_finds_no_backend_leaves_the_session_where_it_is(rig: Any) -> None:
+    r = rig(("b1", "b2"))
+    client = r.connect()
+    session = r.session
+    r.kill("b2")
+    outcome = _outcome(session.migrate("rebalance"))
+    r.net.pump()
+    assert outcome and outcome[0].startswith("failed: ")
+    r.send(client, b"still here")
+    assert client.messages == [b"still here:b1"] and session.backend_id == "b1"
+    assert r.metric("wsbalancer_migrations_total", outcome="failed") == 1
+    assert r.state("b2").dialing == 0
+
+
+def test_a_client_leaving_mid_migration_ends_both_dials_and_counts(rig: Any) -> None:
+    r = rig(("b1", "b2"))
+    client = r.connect()
+    session = r.session
+    r.backends["b2"].gated = True
+    outcome = _outcome(session.migrate("rebalance"))
+    r.net.pump()
+    client.pipe.drop()
+    r.net.pump()
+    assert outcome == ["failed: client left"]
+    r.backends["b2"].release()
+    r.net.pump()
+    assert r.backends["b1"].peer.closed_with == (1001, "client went away")
+    assert (r.state("b1").local_sessions, r.state("b2").local_sessions) == (0, 0)
+    assert r.state("b2").dialing == 0 and r.balancer.sessions == {}
+
+
+def test_evacuating_a_backend_migrates_its_sessions_at_a_pace(rig: Any) -> None:
+    r = rig(("b1", "b2"), balancing__strategy="least-loaded")
+    clients = [r.connect() for _ in range(4)]
+    on_b1 = [s for s in r.balancer.sessions.values() if s.backend_id == "b1"]
+    assert len(on_b1) == 2
+    evacuation = r.balancer.evacuate(r.state("b1"), pace=10.0)
+    r.net.pump()
+    # One migration started at once, the next a tenth of a second later.
+    assert sum(s.backend_id == "b2" for s in on_b1) == 1 and not evacuation.done
+    assert r.state("b1").draining  # no new sessions meanwhile
+    r.net.advance(0.1)
+    assert all(s.backend_id == "b2" for s in on_b1) and evacuation.done
+    assert evacuation.view() == {
+        "sessions": 2,
+        "migrated": 2,
+        "skipped": 0,
+        "failed": 0,
+        "done": True,
+    }
+    r.net.advance(1.0)
+    assert r.state("b1").local_sessions == 0
+    for i, client in enumerate(clients):
+        r.send(client, b"n%d" % i)
+    assert [c.messages[-1] for c in clients] == [b"n%d:b2" % i for i in range(4)]
+    assert all(c.closed_with is None for c in clients)

@@ -16,6 +16,7 @@ This module routes the calls and holds the backend and frontend handlers. The re
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from importlib import resources
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from wsbalancer.relay.balancer import Balancer
     from wsbalancer.upstream.pool import BackendState
 
+DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 _log = logger("wsbalancer.admin")
 
 # What other modules take from here (admin.site: AdminApi, finish_later), wherever it lives.
@@ -69,6 +71,7 @@ def backend_view(balancer: Balancer, b: BackendState) -> dict[str, Any]:
     lane = balancer.lane_of(b) or balancer.lanes[DEFAULT_POOL]
     pool = lane.pool
     pod = b.pod
+    evacuation = balancer.evacuations.get(b.id)
     return {
         "id": b.id,
         "pool": lane.name,
@@ -85,6 +88,7 @@ def backend_view(balancer: Balancer, b: BackendState) -> dict[str, Any]:
         "connections": b.estimate(balancer.clock.seconds(), pool.count_ttl),
         "reportedConnections": b.reported,
         "localSessions": b.local_sessions,
+        "evacuation": evacuation.view() if evacuation is not None else None,
         "dialing": b.dialing,
         "picks": b.picks,
         "lastPollError": b.last_poll_error,
@@ -176,6 +180,7 @@ class AdminApi(Resource):
             ("backends", "*", "enable"): {"POST": self.enable_backend},
             ("backends", "*", "disable"): {"POST": self.disable_backend},
             ("backends", "*", "drain"): {"POST": self.drain_backend},
+            ("backends", "*", "evacuate"): {"POST": self.evacuate_backend},
             ("backends", "*", "reset-breaker"): {"POST": self.reset_breaker},
             ("sessions",): {"GET": self.session_routes.list_sessions},
             ("sessions", "*"): {
@@ -183,6 +188,7 @@ class AdminApi(Resource):
                 "DELETE": self.session_routes.terminate_session,
             },
             ("sessions", "*", "failover"): {"POST": self.session_routes.fail_over_session},
+            ("sessions", "*", "migrate"): {"POST": self.session_routes.migrate_session},
             ("frontends",): {"GET": self.frontend_state},
             ("frontends", "pause"): {"POST": self.pause_frontends},
             ("frontends", "resume"): {"POST": self.resume_frontends},
@@ -309,6 +315,19 @@ class AdminApi(Resource):
         state = self._backend(backend_id)
         state.draining = True
         return 200, backend_view(self.balancer, state)
+
+    def evacuate_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:
+        state = self._backend(backend_id)
+        given = query_arg(request, "pace")
+        pace_text = "20" if given is None else given  # given empty is not the default
+        # A plain decimal only (float() would also take "inf", "1_0" or " 5").
+        pace = float(pace_text) if DECIMAL.fullmatch(pace_text) else 0.0
+        if not 0.001 <= pace <= 10_000:
+            raise ApiError(
+                400, "bad_parameter", "pace must be migrations a second, from 0.001 to 10000"
+            )
+        self.balancer.evacuate(state, pace)
+        return 202, backend_view(self.balancer, state)
 
     def reset_breaker(self, request: Request, backend_id: str) -> tuple[int, Any]:
         state = self._backend(backend_id)

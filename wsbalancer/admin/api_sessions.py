@@ -82,6 +82,15 @@ class SessionRoutes:
         session.move("moved by the operator")
         return 202, {"session": session.id, "from": before, "reconnecting": True}
 
+    def migrate_session(self, request: Request, session_id: str) -> tuple[int, Any]:
+        session = self._session(session_id)
+        blocker = session.migration_blocker()
+        if blocker is not None:
+            raise ApiError(409, "conflict", f"the session cannot migrate now: {blocker}")
+        before = session.backend_id
+        session.migrate("migrated by the operator")
+        return 202, {"session": session.id, "from": before, "migrating": True}
+
     def _session(self, session_id: str) -> RelaySession:
         session = (
             self.balancer.sessions.get(int(session_id)) if DIGITS.fullmatch(session_id) else None

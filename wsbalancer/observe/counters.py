@@ -57,6 +57,12 @@ class BalancerMetrics:
             ["backend"],
             registry=r,
         )
+        self.migrations = Counter(
+            "wsbalancer_migrations",
+            "Make-before-break migrations by outcome (migrated, skipped, failed)",
+            ["outcome"],
+            registry=r,
+        )
         self.failover_outcomes = Counter(
             "wsbalancer_failover_outcomes", "How failovers ended", ["outcome"], registry=r
         )

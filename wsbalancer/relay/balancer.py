@@ -17,6 +17,7 @@ from wsbalancer.config.interfaces import IReconfigurable
 from wsbalancer.observe.counters import BalancerMetrics
 from wsbalancer.observe.logs import Lazy, logger
 from wsbalancer.relay import hooks as extensions
+from wsbalancer.relay.evacuation import DEFAULT_PACE, Evacuation
 from wsbalancer.relay.factory import RelayFactory
 from wsbalancer.relay.hooks import SessionRecorder
 from wsbalancer.relay.httpproxy import proxy_site
@@ -70,6 +71,7 @@ class Balancer:
         # Unique across a master and its workers (each worker is handed its own block).
         self.session_ids = session_ids or new_session_ids()
         self.factories: list[RelayFactory] = []
+        self.evacuations: dict[str, Evacuation] = {}  # by backend id, the latest of each
         self.listeners: list[Any] = [SessionRecorder(self.metrics, self.clock)]
         self.listeners += [extensions.load(name) for name in config.listeners]
         self.draining = False
@@ -115,6 +117,16 @@ class Balancer:
     def http_body_limit(self) -> int:
         """The largest request body any pool that proxies HTTP accepts."""
         return self.cluster.http_body_limit()
+
+    def evacuate(self, state: BackendState, pace: float = DEFAULT_PACE) -> Evacuation:
+        """Migrate every session off a backend, `pace` a second; it takes no new ones."""
+        previous = self.evacuations.pop(state.id, None)
+        if previous is not None:
+            previous.stop()
+        on_it = [s for s in self.sessions.values() if s.backend_state is state]
+        evacuation = self.evacuations[state.id] = Evacuation(state, on_it, self.clock, pace)
+        evacuation.start()
+        return evacuation
 
     def _move_sessions(self, state: BackendState, reason: str) -> int:
         moved = 0
@@ -233,6 +245,19 @@ class Balancer:
         new = session.backend_state.id if error is None and session.backend_state else None
         old, outcome = session.failover_from, error or "ok"
         self._tell("failed_over", lambda listener: listener.failed_over(session, old, new, outcome))
+
+    def session_migrated(self, session: RelaySession, old: str | None, outcome: str) -> None:
+        """Count a migration's outcome; one line and a dashboard event for each move."""
+        kind = outcome.split(":", 1)[0]
+        self.metrics.migrations.labels(kind).inc()
+        if kind == "migrated":
+            text = f"session {session.id} migrated from {old} to {session.backend_id}"
+            self.event(text)
+            self.log.info("{text}", text=text)
+        else:
+            self.log.info(
+                "session {session} not migrated: {outcome}", session=session.id, outcome=outcome
+            )
 
     def handshake_outcome(self, outcome: str) -> None:
         """Count a client handshake's outcome (bounded set of labels)."""

@@ -39,8 +39,11 @@ class SessionDialing(SessionBase):
         prefer: BackendState | None = None,
         last_resort: bool = False,
         deadline: float | None = None,
+        attach: bool = True,
     ) -> BackendProtocol:
-        """Dial usable backends in pick order until one opens; attach it to the session.
+        """Dial usable backends in pick order until one opens; attach it to the session
+        (with `attach` False, a migration's: the leg is returned, its backend state on it as
+        `leg.backend_state`, and the session's current leg is left as it is).
         `prefer` (the session's pinned backend) is tried first; with `last_resort`, the
         backends only marked down are tried once no usable one is left. Past `deadline`
         (clock seconds), no further dial starts and the client is told 504."""
@@ -131,10 +134,19 @@ class SessionDialing(SessionBase):
             if misfit is not None:
                 errors.append(f"{backend.id}: {misfit[0]}")
                 reached = True
-                leg.session = self
-                self.backend, self.backend_state = leg, backend
-                self._drop_backend_leg(leg, misfit[1])
+                if attach:
+                    leg.session = self
+                    self.backend, self.backend_state = leg, backend
+                    self._drop_backend_leg(leg, misfit[1])
+                else:
+                    lane.pool.session_closed(backend)
+                    if leg.state == OPEN:
+                        leg.sendCloseFrame(CLOSE_GOING_AWAY, misfit[1].encode())
                 continue
+            if not attach:
+                leg.session = self  # its events reach the session, which ignores them for now
+                leg.backend_state = backend
+                return leg
             self.backend, self.backend_state = leg, backend
             self.leg_opened = balancer.clock.seconds()
             leg.session = self

@@ -115,6 +115,9 @@ class ISessionEvents(Interface):
     def session_ended(session: Any) -> None:
         """Both legs are closed."""
 
+    def session_migrated(session: Any, old_backend: str | None, outcome: str) -> None:
+        """A migration ended: `migrated` (from `old_backend`), `skipped: ...`, `failed: ...`."""
+
 
 class IFleetView(Interface):
     """What the scrape-time gauges read: the backends and the traffic."""

@@ -307,6 +307,8 @@ class BackendProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
 
     dial: Any = None
     partner: FrontendProtocol | None = None
+    backend_state: Any = None  # set on a leg dialled for a migration, until it is attached
+    heard = 0  # messages from its backend while a migration drains it (migration.py)
     handshake_status: int | None = None
     handshake_reason = ""
 

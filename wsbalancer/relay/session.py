@@ -23,8 +23,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import ISSLTransport
 from zope.interface import implementer
 
-from wsbalancer.relay.failover import SessionFailover
 from wsbalancer.relay.interfaces import IRelaySession
+from wsbalancer.relay.migration import SessionMigration
 from wsbalancer.relay.session_base import GATEWAY_TIMEOUT, NoBackendError
 from wsbalancer.relay.splice import client_offers, engage, mirror_accept
 from wsbalancer.upstream.affinity import new_nonce
@@ -46,7 +46,7 @@ __all__ = ["NoBackendError", "RelaySession"]
 
 
 @implementer(IRelaySession)
-class RelaySession(SessionFailover):
+class RelaySession(SessionMigration):
     """One client's session: opened on a backend, relaying, failing over, closing.
 
     It is made by the client-facing factory (`RelayFactory.open_session`) when a client's

@@ -80,6 +80,7 @@ class SessionBase:
         "lane",
         "spliced",
         "last_backend",
+        "migrating",
     )
 
     def __init__(self, balancer: ISessionEvents, client: FrontendProtocol) -> None:
@@ -113,6 +114,7 @@ class SessionBase:
         self.lane: Lane = client.lane or balancer.lanes[DEFAULT_POOL]  # the session's pool
         self.spliced = False  # frames forwarded as they are (splice.py)
         self.last_backend: str | None = None  # kept when the backend is let go of
+        self.migrating = False  # a make-before-break migration is under way (migration.py)
 
     @property
     def hooks(self) -> list[Any]:
