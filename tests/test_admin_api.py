@@ -138,6 +138,10 @@ async def test_add_weight_remove_and_errors() -> None:
         assert (await call(lb, "PATCH", "/api/backends/x", {"weight": 0}))[0] == 400
         assert (await call(lb, "GET", "/api/backends/nope"))[0] == 404
         assert (await call(lb, "PUT", "/api/backends/x"))[0] == 405
+        # A query value given empty is refused, not read as the default.
+        for bad in ("/api/backends/x?sessions=", "/api/backends/x/evacuate?pace="):
+            status, doc = await call(lb, "POST" if "evacuate" in bad else "DELETE", bad)
+            assert (status, doc["error"]) == (400, "bad_parameter"), bad
         status, doc = await call(lb, "DELETE", "/api/backends/x?sessions=failover")
         assert status == 200
         ids = [b["id"] for b in (await call(lb, "GET", "/api/backends"))[1]["backends"]]

@@ -47,13 +47,14 @@ async def _teardown(backend: Any, lb: Any, bystander: Any) -> None:
 
 async def _exchange(port: int, data: bytes, timeout: float = 5.0, reset_ok: bool = False) -> bytes:
     """Send `data` (and nothing more) and read the answer until the server closes; with
-    `reset_ok`, a connection reset reads as b""."""
+    `reset_ok`, a connection the server cut (a reset, or a broken pipe while still
+    writing) reads as b""."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
         await asyncio.wait_for(writer.drain(), timeout)
         return await asyncio.wait_for(reader.read(), timeout)
-    except ConnectionResetError:
+    except (ConnectionResetError, BrokenPipeError):
         if not reset_ok:
             raise
         return b""

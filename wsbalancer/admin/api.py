@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from wsbalancer.relay.balancer import Balancer
     from wsbalancer.upstream.pool import BackendState
 
-DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?")
 _log = logger("wsbalancer.admin")
 
 # What other modules take from here (admin.site: AdminApi, finish_later), wherever it lives.
@@ -286,7 +286,7 @@ class AdminApi(Resource):
 
     def remove_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:
         state = self._backend(backend_id)
-        mode = query_arg(request, "sessions") or "drain"
+        mode = query_arg(request, "sessions", "drain")
         if mode not in ("drain", "failover"):
             raise ApiError(400, "bad_parameter", "sessions must be drain or failover")
         if state.removed:
@@ -318,8 +318,7 @@ class AdminApi(Resource):
 
     def evacuate_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:
         state = self._backend(backend_id)
-        given = query_arg(request, "pace")
-        pace_text = "20" if given is None else given  # given empty is not the default
+        pace_text = query_arg(request, "pace", "20") or ""
         # A plain decimal only (float() would also take "inf", "1_0" or " 5").
         pace = float(pace_text) if DECIMAL.fullmatch(pace_text) else 0.0
         if not 0.001 <= pace <= 10_000:

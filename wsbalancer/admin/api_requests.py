@@ -65,10 +65,11 @@ def json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def query_arg(request: Request, name: str) -> str | None:
-    """The first value of a query argument, if it is given."""
+def query_arg(request: Request, name: str, default: str | None = None) -> str | None:
+    """The first value of a query argument; `default` only when it is not given at all
+    (given empty, it is the empty string, for the handler to refuse)."""
     values = request.args.get(name.encode())
-    return values[0].decode("utf-8", "replace") if values else None
+    return values[0].decode("utf-8", "replace") if values else default
 
 
 def finish_later(request: Request, answer: Deferred[Any]) -> Any:

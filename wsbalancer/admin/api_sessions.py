@@ -56,7 +56,7 @@ class SessionRoutes:
 
     def terminate_session(self, request: Request, session_id: str) -> tuple[int, Any]:
         session = self._session(session_id)
-        code_text = query_arg(request, "code") or "1000"
+        code_text = query_arg(request, "code", "1000") or ""
         reason = query_arg(request, "reason") or "terminated by the operator"
         if not DIGITS.fullmatch(code_text) or not (
             int(code_text) == 1000
