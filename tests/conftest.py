@@ -14,6 +14,9 @@ import sys
 
 import pytest
 
+# The in-memory session rig's fixtures (`reactor`, `rig`), for every unit test module.
+pytest_plugins = ("tests.rig",)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -189,6 +189,7 @@ class AdminApi(Resource):
             },
             ("sessions", "*", "failover"): {"POST": self.session_routes.fail_over_session},
             ("sessions", "*", "migrate"): {"POST": self.session_routes.migrate_session},
+            ("rebalance",): {"GET": self.session_routes.rebalancing},
             ("frontends",): {"GET": self.frontend_state},
             ("frontends", "pause"): {"POST": self.pause_frontends},
             ("frontends", "resume"): {"POST": self.resume_frontends},
@@ -287,8 +288,8 @@ class AdminApi(Resource):
     def remove_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:
         state = self._backend(backend_id)
         mode = query_arg(request, "sessions", "drain")
-        if mode not in ("drain", "failover"):
-            raise ApiError(400, "bad_parameter", "sessions must be drain or failover")
+        if mode not in ("drain", "failover", "migrate"):
+            raise ApiError(400, "bad_parameter", "sessions must be drain, failover or migrate")
         if state.removed:
             raise ApiError(409, "conflict", f"backend {backend_id!r} is already being removed")
         moved = self.balancer.remove_backend(state, mode)

@@ -91,6 +91,9 @@ class SessionRoutes:
         session.migrate("migrated by the operator")
         return 202, {"session": session.id, "from": before, "migrating": True}
 
+    def rebalancing(self, request: Request) -> tuple[int, Any]:
+        return 200, self.balancer.rebalancer.view()
+
     def _session(self, session_id: str) -> RelaySession:
         session = (
             self.balancer.sessions.get(int(session_id)) if DIGITS.fullmatch(session_id) else None

@@ -115,7 +115,13 @@ class PoolConfig:
     discovery: tuple[Any, ...] = ()  # discovery.DiscoverySource, one per DNS name
     backend_compression: str = "off"
     relay_mode: str = "message"  # or "splice": frames forwarded as they are (splice.py)
-    removed_sessions: str = "drain"
+    removed_sessions: str = "drain"  # or "failover" (at once), "migrate" (paced, make-before-break)
+    # rebalance.py: sessions moved from the most loaded backends to the least, paced
+    rebalance: bool = False
+    rebalance_tolerance: float = 10.0  # percent of the mean a backend may be off by
+    rebalance_max_moves: float = 20.0  # migrations started per second, per process
+    rebalance_min_age: float = 10.0  # a session younger than this is not moved
+    migrate_replay_first: int = 0  # first N client messages, sent again to a new backend
     failover: bool = True
     failover_attempts: int = 3
     failover_backoff: float = 0.25

@@ -27,6 +27,7 @@ from wsbalancer.relay.protocols import (
     BackendProtocol,
     HookedBackendProtocol,
 )
+from wsbalancer.relay.rebalance import Rebalancer
 from wsbalancer.relay.session import RelaySession
 from wsbalancer.upstream.cluster import Cluster
 from wsbalancer.upstream.pool import BackendPool, BackendState
@@ -72,6 +73,7 @@ class Balancer:
         self.session_ids = session_ids or new_session_ids()
         self.factories: list[RelayFactory] = []
         self.evacuations: dict[str, Evacuation] = {}  # by backend id, the latest of each
+        self.rebalancer = Rebalancer(self, rng)  # ticked by the service (rebalance.*)
         self.listeners: list[Any] = [SessionRecorder(self.metrics, self.clock)]
         self.listeners += [extensions.load(name) for name in config.listeners]
         self.draining = False
@@ -128,7 +130,9 @@ class Balancer:
         evacuation.start()
         return evacuation
 
-    def _move_sessions(self, state: BackendState, reason: str) -> int:
+    def _move_sessions(self, state: BackendState, reason: str, how: str) -> int:
+        if how == "migrate":
+            return self.evacuate(state).view()["sessions"]  # type: ignore[no-any-return]
         moved = 0
         for session in list(self.sessions.values()):
             if session.backend_state is state:

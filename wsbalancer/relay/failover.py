@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.internet.task import deferLater
 
 from wsbalancer.relay.dialing import SessionDialing
+from wsbalancer.relay.replay import keep, replay
 from wsbalancer.relay.session_base import NoBackendError
 from wsbalancer.relay.splice import attach_backend, fails_over_cleanly
 from wsbalancer.wire.flow import pair_flow
@@ -146,6 +147,8 @@ class SessionFailover(SessionDialing):
             self.reconnecting = False
             if self.spliced:
                 attach_backend(self, self.backend)  # type: ignore[arg-type]  # a RelaySession
+            else:
+                replay(self, self.backend)  # migrate.replay_first: before what was held
             self._flush_held()
             pair_flow(self.client, self.backend)
             balancer.failover_done(self, None)
@@ -170,6 +173,8 @@ class SessionFailover(SessionDialing):
                 leg.transport.write(payload)
                 continue
             self.unanswered += 1
+            if self.replay is not None:
+                keep(self, payload, is_binary)  # sent now: still among the first ones?
             leg.sendMessage(payload, is_binary)
         self.held_bytes = 0
         transport: Any = self.client.transport

@@ -118,6 +118,9 @@ class ISessionEvents(Interface):
     def session_migrated(session: Any, old_backend: str | None, outcome: str) -> None:
         """A migration ended: `migrated` (from `old_backend`), `skipped: ...`, `failed: ...`."""
 
+    def backend_idle(state: Any) -> None:
+        """A leg on `state` was let go of (migrated away): forget it if removed and empty."""
+
 
 class IFleetView(Interface):
     """What the scrape-time gauges read: the backends and the traffic."""

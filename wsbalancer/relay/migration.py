@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 
 from wsbalancer.relay.failover import SessionFailover
+from wsbalancer.relay.replay import replay
 from wsbalancer.relay.session_base import NoBackendError
 from wsbalancer.wire.flow import pair_flow, unpair
 from wsbalancer.wire.states import CLOSE_GOING_AWAY, OPEN
@@ -95,6 +96,7 @@ class SessionMigration(SessionFailover):
             self.balancer.session_migrated(self, None, "failed: the session moved on")
             return "failed: the session moved on"
         self._switch(old, leg)
+        replay(self, leg)  # migrate.replay_first: before any new client message
         self.balancer.session_migrated(self, old_state.id, "migrated")
         self._drain(old, old_state, reason)
         return "migrated"
@@ -126,6 +128,8 @@ class SessionMigration(SessionFailover):
         leg.session = None
         if state is not None:
             self.lane.pool.session_closed(state)
+            if state.removed:
+                self.balancer.backend_idle(state)
         if leg.state == OPEN:
             leg.sendCloseFrame(CLOSE_GOING_AWAY, why.encode())
 

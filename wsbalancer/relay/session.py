@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from wsbalancer.relay.interfaces import IRelaySession
 from wsbalancer.relay.migration import SessionMigration
+from wsbalancer.relay.replay import record_first
 from wsbalancer.relay.session_base import GATEWAY_TIMEOUT, NoBackendError
 from wsbalancer.relay.splice import client_offers, engage, mirror_accept
 from wsbalancer.upstream.affinity import new_nonce
@@ -152,6 +153,8 @@ class RelaySession(SessionMigration):
             pair_flow(self.client, self.backend)
             if self.wants_splice():
                 engage(self)
+            elif self.lane.config.migrate_replay_first:
+                record_first(self)
 
     # --- closing ------------------------------------------------------------------
 

@@ -81,6 +81,7 @@ class SessionBase:
         "spliced",
         "last_backend",
         "migrating",
+        "replay",
     )
 
     def __init__(self, balancer: ISessionEvents, client: FrontendProtocol) -> None:
@@ -115,6 +116,7 @@ class SessionBase:
         self.spliced = False  # frames forwarded as they are (splice.py)
         self.last_backend: str | None = None  # kept when the backend is let go of
         self.migrating = False  # a make-before-break migration is under way (migration.py)
+        self.replay: list[tuple[bytes, bool]] | None = None  # replay.py, when asked for
 
     @property
     def hooks(self) -> list[Any]:

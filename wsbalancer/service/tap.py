@@ -396,6 +396,11 @@ def build_service(
     discovery.setServiceParent(top)
     top.discovery = discovery
 
+    # rebalance.*: checked once a second; a pool with it off costs nothing.
+    rebalancing = TimerService(1.0, balancer.rebalancer.tick)
+    rebalancing.clock = reactor
+    rebalancing.setServiceParent(top)
+
     if config.idle_timeout:
         top.idle_sweeper = idle_sweeper(balancer, config.idle_timeout)
         top.idle_sweeper.setServiceParent(top)

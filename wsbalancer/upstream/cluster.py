@@ -40,7 +40,7 @@ class Cluster:
         metrics: BalancerMetrics,
         leg_class: Callable[[], type],
         event: Callable[[str], None],
-        move_sessions: Callable[[BackendState, str], int],
+        move_sessions: Callable[[BackendState, str, str], int],
         rng: Any = None,
         secret_seed: bytes | None = None,
     ) -> None:
@@ -229,10 +229,12 @@ class Cluster:
 
     def remove_backend(self, state: BackendState, mode: str) -> int:
         """Stop sending sessions to a backend and forget it once drained; with `failover`
-        its sessions move to other backends at once. Returns the sessions moved."""
+        its sessions move to other backends at once, with `migrate` paced and make-before-break.
+        Returns the sessions moved (with `migrate`: being moved)."""
         state.removed = state.draining = True
         self.event(f"backend {state.id} removed ({mode})")
-        moved = self.move_sessions(state, "backend removed") if mode == "failover" else 0
+        # `failover` moves them at once; `migrate` paced, make-before-break (evacuation).
+        moved = self.move_sessions(state, "backend removed", mode) if mode != "drain" else 0
         self.log.info(
             "backend {backend} removed ({mode}, {n} sessions moved)",
             backend=state.id,
