@@ -115,6 +115,26 @@ def test_an_instance_moves_only_its_share_of_a_backends_excess(rig: Any) -> None
     assert len(plan) == 5 and {to.id for _, to in plan} == {"b2"}
 
 
+def test_old_legs_still_draining_do_not_count_as_load(rig: Any) -> None:
+    r = rig(("b1", "b2"), **REBALANCE)
+    for _ in range(4):
+        r.connect()
+    r.balancer.remove_backend(r.state("b2"), "failover")
+    r.net.pump()
+    _add(r, "b2")
+    r.balancer.rebalancer.tick()
+    r.net.pump()
+    # Two moved; their old legs on b1 stay open until quiet, and are not load any more.
+    b1 = r.state("b1")
+    assert (b1.local_sessions, b1.leaving, r.state("b2").local_sessions) == (4, 2, 2)
+    lane = r.balancer.lanes["default"]
+    assert r.balancer.rebalancer.plan(lane, r.net.reactor.seconds()) == []
+    r.net.advance(1.0)
+    r.net.pump()
+    r.net.advance(1.0)
+    assert (b1.local_sessions, b1.leaving) == (2, 0)
+
+
 def test_a_balanced_pool_is_left_alone(rig: Any) -> None:
     r = rig(("b1", "b2", "b3"), **REBALANCE)
     for _ in range(31):

@@ -96,6 +96,7 @@ class SessionMigration(SessionFailover):
             self.balancer.session_migrated(self, None, "failed: the session moved on")
             return "failed: the session moved on"
         self._switch(old, leg)
+        old_state.leaving += 1
         replay(self, leg)  # migrate.replay_first: before any new client message
         self.balancer.session_migrated(self, old_state.id, "migrated")
         self._drain(old, old_state, reason)
@@ -118,6 +119,7 @@ class SessionMigration(SessionFailover):
         heard, old.heard = old.heard, 0
         quiet = not heard and waited > 0
         if self.client_gone or old.state != OPEN or quiet or waited >= MAX_DRAIN:
+            state.leaving -= 1
             self._release(old, state, MIGRATED)
             return
         self.balancer.clock.callLater(QUIET, self._drain, old, state, reason, waited + QUIET)

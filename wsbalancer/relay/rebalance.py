@@ -72,7 +72,8 @@ class Rebalancer:
         usable = [b for b in pool.backends.values() if pool.usable(b)]
         if len(usable) < 2:
             return []
-        loads = {b.id: float(b.estimate(now, pool.count_ttl)) for b in usable}
+        # Old legs of sessions already migrated are about to close: they count as gone.
+        loads = {b.id: float(b.estimate(now, pool.count_ttl) - b.leaving) for b in usable}
         total = sum(loads.values())
         weights = sum(b.config.weight for b in usable)
         targets = {b.id: total * b.config.weight / weights for b in usable}
@@ -90,7 +91,7 @@ class Rebalancer:
                 break
             own = mine.get(source.id, [])
             # Only this instance's part of the excess: the others move theirs.
-            share = excess * source.local_sessions / loads[source.id]
+            share = excess * (source.local_sessions - source.leaving) / loads[source.id]
             for session in own[: _round_randomly(share, self.rng)]:
                 to = min(short, key=lambda b: loads[b.id] - targets[b.id])
                 if loads[to.id] + 1 > targets[to.id] + 0.5:

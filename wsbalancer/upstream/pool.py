@@ -58,6 +58,7 @@ class BackendState:
     recent_closes: deque[float] = field(default_factory=deque)
     dialing: int = 0
     local_sessions: int = 0
+    leaving: int = 0  # of those, old legs of migrated sessions being drained (going soon)
     pinned: int = 0  # sessions pinned over plain HTTP whose WebSocket is not open (yet)
     requests: int = 0  # plain-HTTP requests in flight
     stale: bool = False
