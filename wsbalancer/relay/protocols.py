@@ -32,6 +32,7 @@ from wsbalancer.wire.compression import (
 )
 from wsbalancer.wire.frames import FastFrames, prepare, receive
 from wsbalancer.wire.headers import parse_raw_headers, valid_host
+from wsbalancer.wire.idle import IdleState
 from wsbalancer.wire.lean import LeanReceive, LeanSend, shed_handshake
 from wsbalancer.wire.peers import peer_host
 from wsbalancer.wire.states import (
@@ -51,7 +52,7 @@ _log = logger("wsbalancer.relay")
 WEBSOCKET_VERSION = "13"  # RFC 6455; the only Sec-WebSocket-Version a client is accepted with
 
 
-class RelayLeg(FastFrames, LeanReceive, LeanSend):
+class RelayLeg(FastFrames, LeanReceive, LeanSend, IdleState):
     """What both legs share: where a read goes (splice, the fast frame path, Autobahn's
     parser), how a message is forwarded to the partner leg, and how a valid close frame
     reaches the session. Each leg says what its events mean to the session."""
@@ -121,7 +122,7 @@ class RelayLeg(FastFrames, LeanReceive, LeanSend):
             WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED = saved
 
 
-class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
+class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc,override]
     """The client leg."""
 
     partner: BackendProtocol | None = None
@@ -302,7 +303,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc]
         self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
 
-class BackendProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc]
+class BackendProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc,override]
     """The backend leg."""
 
     dial: Any = None

@@ -174,6 +174,7 @@ class Rebalancer:
             "pools": pools,
         }
 
+
 def _round_randomly(share: float, rng: random.Random) -> int:
     """`share` rounded down or up at random, so that it is right on average: instances whose
     shares are each below one still move what they hold between them."""

@@ -31,6 +31,7 @@ from wsbalancer.relay.splice import client_offers, engage, mirror_accept
 from wsbalancer.upstream.affinity import new_nonce
 from wsbalancer.wire.flow import pair_flow
 from wsbalancer.wire.headers import backend_request_headers, parse_raw_headers, pass_back_headers
+from wsbalancer.wire.idle import compact
 from wsbalancer.wire.lean import shed_handshake
 from wsbalancer.wire.peers import peer_host
 from wsbalancer.wire.states import (
@@ -155,6 +156,8 @@ class RelaySession(SessionMigration):
                 engage(self)
             elif self.lane.config.migrate_replay_first:
                 record_first(self)
+            compact(self.client)  # an idle session's legs hold only what differs
+            compact(self.backend)
 
     # --- closing ------------------------------------------------------------------
 
