@@ -86,6 +86,7 @@ class ISessionEvents(Interface):
 
     config = Attribute("The top-level Config")
     clock = Attribute("The IReactorTime sessions schedule on")
+    seconds = Attribute("The clock's seconds(), bound (response times are read per message)")
     log = Attribute("The Logger sessions' decisions are written to")
     hooks = Attribute("The message hooks, in order")
     lanes = Attribute("The pools by name (a session without a route goes to the default)")
@@ -123,6 +124,7 @@ class IFleetView(Interface):
     """What the scrape-time gauges read: the backends and the traffic."""
 
     clock = Attribute("The IReactorTime the estimates are computed at")
+    sessions = Attribute("The live sessions by id (their traffic not yet settled)")
 
     def all_backends() -> list[tuple[Any, Any]]:
         """Every backend of every pool, as (lane, BackendState)."""
