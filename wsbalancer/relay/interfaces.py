@@ -55,6 +55,8 @@ class IRelaySession(Interface):
     bytes_in = Attribute("Payload bytes from the client")
     bytes_out = Attribute("Payload bytes to the client")
     unanswered = Attribute("Client messages relayed since the backend last sent one")
+    asked_at = Attribute("When the oldest unanswered client message went out, or None")
+    balancer = Attribute("The ISessionEvents it reports to (its seconds() times responses)")
     reconnecting = Attribute("True while a new backend leg is being dialled")
     spliced = Attribute("True once frames pass as they are (splice mode)")
     lost = Attribute("Client messages sent to backends that then died")
