@@ -293,3 +293,33 @@ def test_worker_expositions_sum_the_histograms(rig: Any) -> None:
     merged = merge_prometheus([own, own]).decode()
     assert 'wsbalancer_backend_response_seconds_bucket{backend="b1",le="0.005"} 2.0' in merged
     assert 'wsbalancer_backend_response_seconds_count{backend="b1"} 2.0' in merged
+
+
+def test_a_spliced_session_is_counted_per_backend_and_never_timed(rig: Any) -> None:
+    r = rig(("b1",), relay__mode="splice")
+    client = r.connect()
+    assert r.session.spliced
+    r.net.advance(0.5)
+    r.send(client, b"framed")  # echoed as "framed:b1", frames passed as they are
+    assert client.messages == [b"framed:b1"]
+    t = figures(r)["b1"]
+    assert counts(t) == (1, 1, 6, 9)
+    assert sum(t.responses) == 0 and r.session.asked_at is None
+
+
+def test_the_masters_json_sums_the_workers_traffic_and_migrations() -> None:
+    from wsbalancer.observe.worker_metrics import merge_balancer_metrics
+
+    def doc(messages: int, seconds: float, migrated: int) -> dict[str, Any]:
+        t = BackendTraffic()
+        t.add(messages, messages, 0, 0)
+        t.responded(seconds)
+        backend = {"id": "b1", "localSessions": 1, "traffic": traffic_view(t)}
+        migrations = {"migrated": migrated, "skipped": 0, "failed": 0}
+        return {"sessions": 1, "backends": [backend], "migrations": migrations}
+
+    merged = merge_balancer_metrics(doc(2, 0.001, 1), [(1, doc(3, 0.2, 2))])
+    (b1,) = merged["backends"]
+    assert b1["localSessions"] == 2 and b1["traffic"]["messagesToBackend"] == 5
+    assert b1["traffic"]["responseTime"]["count"] == 2
+    assert merged["migrations"] == {"migrated": 3, "skipped": 0, "failed": 0}
