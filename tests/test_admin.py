@@ -107,6 +107,10 @@ def test_balancer_metrics_backend_state() -> None:
     populate(balancer)
     _, doc = get_json(stub, "/balancer-metrics")
     a, b = doc["backends"]
+    traffic = a.pop("traffic")  # no session carried anything yet
+    assert traffic["messagesToBackend"] == traffic["bytesToClient"] == 0
+    assert traffic["responseTime"]["count"] == 0 and traffic["responseTime"]["p99"] is None
+    assert traffic["closeCodes"] == {"client": {}, "backend": {}}
     assert a == {
         "id": "a",
         "pool": "default",  # the pool it belongs to (the dashboard's pool column)

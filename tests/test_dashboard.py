@@ -86,6 +86,10 @@ def test_dashboard_shows_pools_events_down_pods_and_escapes_under_a_strict_polic
     assert report["backends"] == ["backend-0", "backend-1", "backend-2"]
     assert report["pools"] == ["default", "default", "chat"]  # the pool column
     assert report["after"] == report["before"] + 1  # the new session showed up by itself
+    # its echoed message, in its backend's traffic row: one each way, 7 bytes, one response
+    (carried,) = [row for row in report["traffic"] if row[5] == "1"]
+    assert carried[1:5] == ["1", "1", "7", "7"] and carried[6] != "–"
+    assert report["migrations"] == "· migrations: 0 migrated, 0 skipped, 0 failed"
     assert EVIL in report["podNames"]  # shown as text ...
     assert report["images"] == 0 and report["dialogs"] == []  # ... never run as markup
     # an API drain shows in the backend's state and in "Recent events"; the first event

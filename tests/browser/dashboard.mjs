@@ -1,5 +1,5 @@
 // Opens the admin dashboard in Debian's chromium, connects a WebSocket client through the
-// balancer from another page, drains a backend through the admin API, stops another
+// balancer from another page (and echoes one message over it), drains a backend through the admin API, stops another
 // backend, and reports what the dashboard showed (and any Content-Security-Policy
 // violation), as JSON.
 // Usage: node dashboard.mjs DASHBOARD_URL WS_URL SCREENSHOT_PATH TOKEN DRAIN_ID STOP_ID STOP_PID
@@ -40,6 +40,16 @@ try {
     [...document.querySelectorAll("#backends td.count")].reduce((s, td) => s + Number(td.textContent), 0) > n,
     before, { timeout: 15000 });
   const after = await total();
+  // A message echoed through the balancer shows in its backend's traffic row, timed.
+  await client.evaluate(() => new Promise((resolve) => {
+    window.ws.onmessage = resolve;
+    window.ws.send("traffic");
+  }));
+  await page.waitForFunction(() => [...document.querySelectorAll("#traffic tr")].some(
+    (r) => r.children[5].textContent === "1"), null, { timeout: 15000 });
+  const traffic = await page.locator("#traffic tr").evaluateAll((rows) => rows.map((r) =>
+    [r.getAttribute("data-backend"), ...[...r.children].slice(1, 9).map((td) => td.textContent)]));
+  const migrations = await page.locator("#migrations").textContent();
   await page.waitForFunction(() => document.querySelectorAll("#pods tr").length === 3, null,
                              { timeout: 15000 });
   const podNames = await page.locator("#pods td.pod-name").allTextContents();
@@ -81,7 +91,7 @@ try {
                              { timeout: 15000 });
   const probeViolations = await page.evaluate(() => window.__violations.slice());
   console.log(JSON.stringify({
-    before, after, podNames, images, dialogs, backends, pools, drained, podStates, states,
+    before, after, traffic, migrations, podNames, images, dialogs, backends, pools, drained, podStates, states,
     events, policy, violations, inlineRan, probeViolations, console: consoleBefore,
   }));
 } finally {

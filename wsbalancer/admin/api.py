@@ -42,7 +42,9 @@ from wsbalancer.admin.api_sessions import SessionRoutes, session_view
 from wsbalancer.admin.api_workers import all_backend_figures, all_sessions, broadcast, from_worker
 from wsbalancer.config import DEFAULT_POOL, BackendSpec, ConfigError, build_backend
 from wsbalancer.observe.logs import logger
+from wsbalancer.observe.traffic import BackendTraffic, traffic_view
 from wsbalancer.relay.ids import session_owner
+from wsbalancer.relay.leg_traffic import traffic_by_backend, traffic_of
 
 if TYPE_CHECKING:
     from wsbalancer.relay.balancer import Balancer
@@ -66,8 +68,12 @@ __all__ = [
 ]
 
 
-def backend_view(balancer: Balancer, b: BackendState) -> dict[str, Any]:
-    """One backend as the API shows it."""
+def backend_view(
+    balancer: Balancer, b: BackendState, traffic: BackendTraffic | None = None
+) -> dict[str, Any]:
+    """One backend as the API shows it (`traffic`: its figures, when already gathered)."""
+    if traffic is None:
+        traffic = traffic_of(b, balancer.sessions.values())
     lane = balancer.lane_of(b) or balancer.lanes[DEFAULT_POOL]
     pool = lane.pool
     pod = b.pod
@@ -95,6 +101,7 @@ def backend_view(balancer: Balancer, b: BackendState) -> dict[str, Any]:
         "pod": None
         if pod is None
         else {"podName": pod.pod_name, "podIP": pod.pod_ip, "nodeName": pod.node_name},
+        "traffic": traffic_view(traffic),
     }
 
 
@@ -222,8 +229,9 @@ class AdminApi(Resource):
     # --- backends -------------------------------------------------------------------------
 
     def list_backends(self, request: Request) -> tuple[int, Any]:
-        backends = [backend_view(self.balancer, b) for _, b in self.balancer.all_backends()]
-        return 200, {"backends": backends}
+        states = [b for _, b in self.balancer.all_backends()]
+        traffic = traffic_by_backend(states, self.balancer.sessions.values())
+        return 200, {"backends": [backend_view(self.balancer, b, traffic[b.id]) for b in states]}
 
     def get_backend(self, request: Request, backend_id: str) -> tuple[int, Any]:
         return 200, backend_view(self.balancer, self._backend(backend_id))

@@ -91,12 +91,53 @@
         pods.appendChild(row);
       });
     });
+    renderTraffic(doc);
     var events = document.getElementById("events");
     events.textContent = "";
     (doc.events || []).slice().reverse().forEach(function (e) {
       var li = document.createElement("li");
       li.textContent = e.time + "  " + e.text;
       events.appendChild(li);
+    });
+  }
+  function ms(seconds) {
+    return seconds === null || seconds === undefined ? null : (1000 * seconds).toFixed(2);
+  }
+  function closes(codes) {
+    return Object.keys(codes || {}).sort().map(function (code) {
+      return code + " ×" + codes[code];
+    }).join("  ") || null;
+  }
+  // Per backend: what its legs carried each way and how fast it answered; a backend whose
+  // p90 is more than twice the others' median p90 is marked, so per-message slowness shows.
+  function renderTraffic(doc) {
+    var m = doc.migrations || {};
+    document.getElementById("migrations").textContent = "· migrations: " +
+      (m.migrated || 0) + " migrated, " + (m.skipped || 0) + " skipped, " + (m.failed || 0) + " failed";
+    var p90s = doc.backends.map(function (b) { return b.traffic ? b.traffic.responseTime.p90 : null; })
+      .filter(function (v) { return v !== null; }).sort(function (a, b) { return a - b; });
+    var median = p90s.length ? p90s[Math.floor((p90s.length - 1) / 2)] : null;
+    var tbody = document.getElementById("traffic");
+    tbody.textContent = "";
+    doc.backends.forEach(function (b) {
+      var t = b.traffic;
+      if (!t) { return; }
+      var row = document.createElement("tr");
+      row.setAttribute("data-backend", b.id);
+      var r = t.responseTime;
+      cell(row, b.id);
+      cell(row, t.messagesToBackend, "num");
+      cell(row, t.messagesToClient, "num");
+      cell(row, t.bytesToBackend, "num");
+      cell(row, t.bytesToClient, "num");
+      cell(row, r.count, "num");
+      cell(row, ms(r.p50), "num p50");
+      var slow = p90s.length > 1 && r.p90 !== null && median !== null && r.p90 > 2 * median;
+      cell(row, ms(r.p90), "num p90" + (slow ? " slow" : ""));
+      cell(row, ms(r.p99), "num p99");
+      cell(row, closes(t.closeCodes.client), "closes-client");
+      cell(row, closes(t.closeCodes.backend), "closes-backend");
+      tbody.appendChild(row);
     });
   }
   function refresh() {

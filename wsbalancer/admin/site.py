@@ -19,8 +19,13 @@ from twisted.web.server import Request, Site
 from wsbalancer.admin.api import AdminApi, finish_later
 from wsbalancer.admin.gauges import FleetGauges
 from wsbalancer.admin.http import AdminSite
+from wsbalancer.admin.traffic_gauges import BackendTrafficGauges
+from wsbalancer.observe.traffic import traffic_view
 from wsbalancer.observe.worker_metrics import merge_balancer_metrics, merge_prometheus
 from wsbalancer.relay.balancer import Balancer
+from wsbalancer.relay.leg_traffic import traffic_by_backend
+
+MIGRATION_OUTCOMES = ("migrated", "skipped", "failed")
 
 
 def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
@@ -48,6 +53,9 @@ def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
                 if r.pool == lane.name
             ],
         }
+    traffic = traffic_by_backend(
+        [b for _, b in balancer.all_backends()], list(balancer.sessions.values())
+    )
     for lane, b in balancer.all_backends():
         pool = lane.pool
         estimate = b.estimate(now, pool.count_ttl)
@@ -92,8 +100,16 @@ def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
                 "pod": None
                 if pod is None
                 else {"podName": pod.pod_name, "podIP": pod.pod_ip, "nodeName": pod.node_name},
+                "traffic": traffic_view(traffic[b.id]),
             }
         )
+    registry = balancer.metrics.registry
+    migrations = {
+        outcome: int(
+            registry.get_sample_value("wsbalancer_migrations_total", {"outcome": outcome}) or 0
+        )
+        for outcome in MIGRATION_OUTCOMES
+    }
     return {
         "timestamp": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "services": services,
@@ -106,6 +122,7 @@ def balancer_metrics(balancer: Balancer) -> dict[str, Any]:
         "sessions": len(balancer.sessions),
         "ready": balancer.ready(),
         "backends": backends,
+        "migrations": migrations,
         "events": [{"time": _iso(t, balancer), "text": text} for t, text in balancer.events],
     }
 
@@ -290,6 +307,7 @@ def admin_site(balancer: Balancer, frontends: Any = None, workers: Any = None) -
         _put(root, metric_path, MergedMetricsResource(balancer, workers, metric_path))
     # The scrape-time gauges join the balancer's counters in the registry /metrics serves.
     balancer.metrics.registry.register(FleetGauges(balancer))
+    balancer.metrics.registry.register(BackendTrafficGauges(balancer))
     root.putChild(b"metrics", PrometheusResource(balancer.metrics.registry, workers))
     root.putChild(b"api", AdminApi(balancer, frontends, workers))
     dashboard = DashboardResource(metric_path)

@@ -3,8 +3,8 @@
 Prometheus: counters, histograms and summaries are summed per series; of the gauges, those
 that count this process's own sessions are summed, and the rest (a backend's reported count,
 health, breaker) are the same fleet-wide facts in every worker, so the master's value is
-kept. JSON (`/balancer-metrics`): session counts and each backend's local figures summed,
-plus a `workers` list.
+kept. JSON (`/balancer-metrics`): session counts, migrations and each backend's local figures
+(its traffic too, quantiles recomputed from the summed buckets) summed, plus a `workers` list.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+
+from wsbalancer.observe.traffic import merge_traffic_views
 
 # Gauges that count what each process holds, so the whole is the sum.
 ADDITIVE_GAUGES = {"wsbalancer_sessions_active"}
@@ -63,6 +65,8 @@ def add_backend_figures(own: list[dict[str, Any]], theirs: list[dict[str, Any]])
             continue
         for field in ADDITIVE_BACKEND_FIELDS:
             mine[field] = (mine.get(field) or 0) + (backend.get(field) or 0)
+        if "traffic" in mine and "traffic" in backend:
+            merge_traffic_views(mine["traffic"], backend["traffic"])
 
 
 def merge_balancer_metrics(
@@ -73,6 +77,8 @@ def merge_balancer_metrics(
     for index, doc in others:
         workers.append({"index": index, "sessions": doc.get("sessions", 0)})
         own["sessions"] += doc.get("sessions", 0)
+        for outcome, count in (doc.get("migrations") or {}).items():
+            own.setdefault("migrations", {})[outcome] = own["migrations"].get(outcome, 0) + count
         add_backend_figures(own["backends"], doc.get("backends", []))
     own["workers"] = workers
     return own

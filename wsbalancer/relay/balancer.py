@@ -54,6 +54,7 @@ class Balancer:
         self.config = config
         self.reactor = reactor
         self.clock = clock or reactor
+        self.seconds = self.clock.seconds  # bound once: the per-message path reads it
         self.metrics = BalancerMetrics()
         self.events: deque[tuple[float, str]] = deque(maxlen=50)  # for the dashboard
         self.hooks: list[Any] = [extensions.load(name) for name in config.hooks]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 
+from wsbalancer.relay.leg_traffic import settle
 from wsbalancer.relay.session_base import (
     GATEWAY_TIMEOUT,
     NO_ANSWER_IN_TIME,
@@ -128,6 +129,7 @@ class SessionDialing(SessionBase):
             finally:
                 self.dial = None
             lane.dial_succeeded(backend)
+            leg.backend_state = backend  # the backend its traffic and close are counted for
             if attempt:
                 shed_handshake(leg)  # a re-dial: its 101's headers go nowhere
             misfit = self._misfit(leg) if attempt else None
@@ -137,7 +139,7 @@ class SessionDialing(SessionBase):
                 if attach:
                     leg.session = self
                     self.backend, self.backend_state = leg, backend
-                    self._drop_backend_leg(leg, misfit[1])
+                    self._drop_backend_leg(leg, misfit[1], carried=False)
                 else:
                     lane.pool.session_closed(backend)
                     if leg.state == OPEN:
@@ -145,7 +147,6 @@ class SessionDialing(SessionBase):
                 continue
             if not attach:
                 leg.session = self  # its events reach the session, which ignores them for now
-                leg.backend_state = backend
                 return leg
             self.backend, self.backend_state = leg, backend
             self.leg_opened = balancer.clock.seconds()
@@ -169,9 +170,12 @@ class SessionDialing(SessionBase):
             return "negotiated other extensions than the client's", "extensions differ"
         return None
 
-    def _detach(self, leg: BackendProtocol) -> None:
-        """Forget a dead backend leg: its backend no longer carries this session."""
+    def _detach(self, leg: BackendProtocol, carried: bool = True) -> None:
+        """Forget a dead backend leg: its backend no longer carries this session (with
+        `carried` False, it never did: what was held for it goes to the next leg)."""
         if self.backend is leg:
+            if carried:
+                settle(self)
             if self.backend_state is not None:
                 self.last_backend = self.backend_state.id
                 self.lane.pool.session_closed(self.backend_state)
@@ -184,8 +188,8 @@ class SessionDialing(SessionBase):
             unpair(self.client)
         leg.partner = None
 
-    def _drop_backend_leg(self, leg: BackendProtocol, reason: str) -> None:
-        self._detach(leg)
+    def _drop_backend_leg(self, leg: BackendProtocol, reason: str, carried: bool = True) -> None:
+        self._detach(leg, carried)
         leg.session = None
         if leg.state == OPEN:
             leg.sendCloseFrame(CLOSE_GOING_AWAY, reason.encode())

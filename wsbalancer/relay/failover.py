@@ -108,6 +108,7 @@ class SessionFailover(SessionDialing):
         self._detach(leg)
         self.lost += self.unanswered
         self.unanswered = 0
+        self.asked_at = None  # the dead backend's answer will never come
         self.reconnecting = True
         self.balancer.failover_started(self, state, reason)
         defer.ensureDeferred(self._reconnect(state.id if state else None))
@@ -175,6 +176,8 @@ class SessionFailover(SessionDialing):
             self.unanswered += 1
             if self.replay is not None:
                 keep(self, payload, is_binary)  # sent now: still among the first ones?
+            if self.asked_at is None:  # timed from its delivery: the wait was the failover's
+                self.asked_at = self.balancer.seconds()
             leg.sendMessage(payload, is_binary)
         self.held_bytes = 0
         transport: Any = self.client.transport

@@ -55,6 +55,8 @@ class IRelaySession(Interface):
     bytes_in = Attribute("Payload bytes from the client")
     bytes_out = Attribute("Payload bytes to the client")
     unanswered = Attribute("Client messages relayed since the backend last sent one")
+    asked_at = Attribute("When the oldest unanswered client message went out, or None")
+    balancer = Attribute("The ISessionEvents it reports to (its seconds() times responses)")
     reconnecting = Attribute("True while a new backend leg is being dialled")
     spliced = Attribute("True once frames pass as they are (splice mode)")
     lost = Attribute("Client messages sent to backends that then died")
@@ -86,6 +88,7 @@ class ISessionEvents(Interface):
 
     config = Attribute("The top-level Config")
     clock = Attribute("The IReactorTime sessions schedule on")
+    seconds = Attribute("The clock's seconds(), bound (response times are read per message)")
     log = Attribute("The Logger sessions' decisions are written to")
     hooks = Attribute("The message hooks, in order")
     lanes = Attribute("The pools by name (a session without a route goes to the default)")
@@ -126,6 +129,7 @@ class IFleetView(Interface):
     """What the scrape-time gauges read: the backends and the traffic."""
 
     clock = Attribute("The IReactorTime the estimates are computed at")
+    sessions = Attribute("The live sessions by id (their traffic not yet settled)")
 
     def all_backends() -> list[tuple[Any, Any]]:
         """Every backend of every pool, as (lane, BackendState)."""

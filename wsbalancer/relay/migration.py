@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 
 from wsbalancer.relay.failover import SessionFailover
+from wsbalancer.relay.leg_traffic import drained_message, settle
 from wsbalancer.relay.replay import replay
 from wsbalancer.relay.session_base import NoBackendError
 from wsbalancer.wire.flow import pair_flow, unpair
@@ -108,9 +109,11 @@ class SessionMigration(SessionFailover):
         unpair(client)  # the client's writes were paced by the old leg's reads
         client.partner = leg
         leg.partner = client
+        settle(self)  # what went over the old leg so far is the old backend's
         self.backend, self.backend_state = leg, leg.backend_state
         self.reconnects += 1
         self.unanswered = 0
+        self.asked_at = None  # a reply crossing the switch is not timed
         self.leg_opened = self.balancer.clock.seconds()
         pair_flow(client, leg)
         _count_what_it_sends(old)
@@ -144,11 +147,28 @@ def _count_what_it_sends(leg: Any) -> None:
 
     def on_message(payload: bytes, is_binary: bool) -> None:
         leg.heard += 1
-        cls.onMessage(leg, payload, is_binary)
+        _as_old_leg(leg, cls.onMessage, payload, is_binary)
 
     def relayed(size: int) -> None:
         leg.heard += 1
-        cls.relayed(leg, size)
+        _as_old_leg(leg, cls.relayed, size)
 
     leg.onMessage = on_message
     leg.relayed = relayed
+
+
+def _as_old_leg(leg: Any, relay: Any, *args: Any) -> None:
+    # The old backend's message is charged to it, not to the new leg's share; it answers
+    # none of the client messages sent since the switch (those went to the new backend).
+    session = leg.session
+    if session is None:
+        relay(leg, *args)
+        return
+    messages, octets = session.msgs_out, session.bytes_out
+    asked, unanswered = session.asked_at, session.unanswered
+    session.asked_at = None
+    relay(leg, *args)
+    session.asked_at, session.unanswered = asked, unanswered
+    drained_message(
+        session, leg.backend_state, session.msgs_out - messages, session.bytes_out - octets
+    )

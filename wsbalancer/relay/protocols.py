@@ -25,6 +25,7 @@ except ImportError:  # a private class: without it, reads keep going through the
 
 from wsbalancer.observe.logs import logger
 from wsbalancer.relay.interfaces import IRelaySession
+from wsbalancer.relay.leg_traffic import answered, client_leg_closed, leg_close_code
 from wsbalancer.upstream.dialer import BackendConnectError, BackendHandshakeError
 from wsbalancer.wire.compression import (
     forward_compressed,
@@ -244,6 +245,8 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc,
             session.hold(payload, isBinary)  # failing over: delivered once re-dialled
         elif partner.state == OPEN:  # a closing leg takes no more messages
             session.unanswered += 1
+            if session.asked_at is None:  # the oldest unanswered one: its answer is timed
+                session.asked_at = session.balancer.seconds()
             self.forward(partner, payload, isBinary)
 
     def relayed(self, size: int) -> None:
@@ -253,13 +256,18 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc,
         session.msgs_in += 1
         session.bytes_in += size
         session.unanswered += 1
+        if session.asked_at is None:
+            session.asked_at = session.balancer.seconds()
 
     def closed_by_peer(self, session: IRelaySession, code: int | None, reason: bytes) -> None:
         session.client_close_frame(code, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self.session is not None:
-            self.session.client_lost(self.remoteCloseCode if wasClean else NO_CLOSE_FRAME)
+        session: Any = self.session
+        if session is not None:
+            if session.opened:
+                client_leg_closed(session, leg_close_code(self, wasClean))
+            session.client_lost(self.remoteCloseCode if wasClean else NO_CLOSE_FRAME)
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
         if self.state == CLOSED:
@@ -308,7 +316,7 @@ class BackendProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc,o
 
     dial: Any = None
     partner: FrontendProtocol | None = None
-    backend_state: Any = None  # set on a leg dialled for a migration, until it is attached
+    backend_state: Any = None  # the BackendState it was opened to (set by the dial)
     heard = 0  # messages from its backend while a migration drains it (migration.py)
     handshake_status: int | None = None
     handshake_reason = ""
@@ -363,6 +371,10 @@ class BackendProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc,o
         session.msgs_out += 1
         session.bytes_out += len(payload)
         session.unanswered = 0
+        asked = session.asked_at
+        if asked is not None:
+            session.asked_at = None
+            answered(session, asked)
         self.forward(partner, payload, isBinary)
 
     def relayed(self, size: int) -> None:
@@ -371,6 +383,10 @@ class BackendProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc,o
         session.msgs_out += 1
         session.bytes_out += size
         session.unanswered = 0
+        asked = session.asked_at
+        if asked is not None:
+            session.asked_at = None
+            answered(session, asked)
 
     def closed_by_peer(self, session: IRelaySession, code: int | None, reason: bytes) -> None:
         session.backend_close_frame(self, code, reason)
@@ -385,6 +401,9 @@ class BackendProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc,o
             else:
                 dial.failed(BackendConnectError(reason or "connection lost in handshake"))
             return
+        state = self.backend_state
+        if state is not None:
+            state.traffic.leg_closed("backend", leg_close_code(self, wasClean))
         session = self.session
         if session is not None:
             failure = self.localCloseCode if self.failedByMe else None

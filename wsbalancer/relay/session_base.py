@@ -10,6 +10,7 @@ from twisted.internet import defer
 
 from wsbalancer.config import DEFAULT_POOL
 from wsbalancer.relay.interfaces import ISessionEvents
+from wsbalancer.relay.leg_traffic import settle
 from wsbalancer.wire.flow import resume
 from wsbalancer.wire.states import CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, CLOSED, NOT_ON_WIRE, OPEN
 
@@ -82,6 +83,8 @@ class SessionBase:
         "last_backend",
         "migrating",
         "replay",
+        "leg_base",
+        "asked_at",
     )
 
     def __init__(self, balancer: ISessionEvents, client: FrontendProtocol) -> None:
@@ -117,6 +120,10 @@ class SessionBase:
         self.last_backend: str | None = None  # kept when the backend is let go of
         self.migrating = False  # a make-before-break migration is under way (migration.py)
         self.replay: list[tuple[bytes, bool]] | None = None  # replay.py, when asked for
+        # The counters when the last backend leg was settled (leg_traffic.py); None: zeros
+        self.leg_base: list[int] | None = None
+        # When the oldest unanswered client message went out (clock seconds), if one is
+        self.asked_at: float | None = None
 
     @property
     def hooks(self) -> list[Any]:
@@ -148,6 +155,7 @@ class SessionBase:
         if self.ended:
             return
         self.ended = True
+        settle(self)
         if self.backend_state is not None:
             self.last_backend = self.backend_state.id
             self.lane.pool.session_closed(self.backend_state)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wsbalancer.config import BackendConfig
+from wsbalancer.observe.traffic import BackendTraffic
 from wsbalancer.upstream.outlier import OutlierDetector
 
 UP, DOWN = "up", "down"
@@ -78,6 +79,8 @@ class BackendState:
     removed: bool = False  # dropped from the configuration; forgotten once drained
     picks: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # What this instance's sessions carried over it (the relay adds to it, the admin reads)
+    traffic: BackendTraffic = field(default_factory=BackendTraffic)
 
     @property
     def id(self) -> str:

@@ -3,7 +3,8 @@
 WebSocket upgrades are accepted on any path: paths under `/chat` broadcast every message to
 every client of this backend (prefixed with the backend's name, like HAProxy's demo);
 any other path echoes each message back to its sender unchanged (what the Autobahn cases
-need). `GET /metric` answers the seed plugin's JSON; `GET /` serves the chat page.
+need), after `--reply-delay` seconds if given. `GET /metric` answers the seed plugin's JSON;
+`GET /` serves the chat page.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class DemoProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         backend: DemoBackend = self.factory.backend
         if not self.chat:
+            if backend.reply_delay:  # a backend slow per message (dashboards, tests)
+                self.factory.reactor.callLater(backend.reply_delay, self._echo, payload, isBinary)
+                return
             self.sendMessage(payload, isBinary)
             return
         if not isBinary:
@@ -63,6 +67,10 @@ class DemoProtocol(WebSocketServerProtocol):
             for client in list(backend.clients):
                 if client.chat:
                     client.sendMessage(text)
+
+    def _echo(self, payload: bytes, is_binary: bool) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(payload, is_binary)
 
     def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
         backend: DemoBackend = self.factory.backend
@@ -88,8 +96,10 @@ class DemoBackend:
         deny_status: int = 0,
         protocol: type[DemoProtocol] = DemoProtocol,
         compression_level: int = 6,
+        reply_delay: float = 0.0,
     ) -> None:
         self.name = name
+        self.reply_delay = reply_delay  # seconds each echo waits
         self.subprotocols = subprotocols
         self.deny_status = deny_status
         self.compression_level = compression_level
@@ -166,6 +176,12 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="answer every handshake with this HTTP status (testing)",
     )
+    parser.add_argument(
+        "--reply-delay",
+        type=float,
+        default=0.0,
+        help="seconds each echo waits (a backend slow per message)",
+    )
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 
@@ -175,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         compression=not args.no_compression,
         deny_status=args.deny_status,
         compression_level=args.compression_level,
+        reply_delay=args.reply_delay,
     )
     port = reactor.listenTCP(args.port, backend.site(), interface=args.interface)  # type: ignore
     address: Any = port.getHost()
