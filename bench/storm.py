@@ -365,7 +365,7 @@ def run_reconnect(args: argparse.Namespace, workdir: Path) -> None:
     wsb.listen_extra = f":backlog={args.backlog}"
     hap = harness.HAProxy(workdir)
     hap.nbthread = cores
-    hap.maxconn = count + 1000
+    hap.maxconn = count + 100  # HAProxy refuses to start if 2 × maxconn passes the fd limit
     hap.bind_extra = f" backlog {args.backlog}"
     paths: dict[str, harness.Proxy] = {"wsbalancer": wsb, "haproxy": hap}
     for name, proxy in paths.items():
@@ -439,7 +439,7 @@ def run_reconnect(args: argparse.Namespace, workdir: Path) -> None:
         o = med[name]
         return f"{100 * o['proxy_cpu_s'] / o['wall_s']:.0f}%"
 
-    print(f"| proxy CPU ms per session | {per('wsbalancer')} | {per('haproxy')} |")
+    print(f"| proxy CPU ms per session opened | {per('wsbalancer')} | {per('haproxy')} |")
     print(f"| proxy CPU, % of one core, over the storm | {pct('wsbalancer')} | {pct('haproxy')} |")
     for label, key in (("load-client processes, % of a core each", "client_pct_core"),):
         cells = ["/".join(str(p) for p in med[n][key]) for n in paths]
