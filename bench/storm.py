@@ -336,6 +336,11 @@ def run_admission(args: argparse.Namespace, workdir: Path) -> bool:
         f"{'PASS' if ok_answer else 'FAIL'}: every client answered, connected or 503 with "
         f"Retry-After (else: {kinds(out)})"
     )
+    if args.workers != "1":
+        print(
+            "note: each worker process keeps its own admission buckets, so with N workers a "
+            "backend may see up to N × (rate + burst) upgrades in a second"
+        )
     if max(peaks) <= burst:
         print(
             f"note: each backend's upgrades fit in its burst ({burst}): no handshake waited "
