@@ -446,9 +446,8 @@ def run_reconnect(args: argparse.Namespace, workdir: Path) -> None:
 
     print(f"| proxy CPU ms per session opened | {per('wsbalancer')} | {per('haproxy')} |")
     print(f"| proxy CPU, % of one core, over the storm | {pct('wsbalancer')} | {pct('haproxy')} |")
-    for label, key in (("load-client processes, % of a core each", "client_pct_core"),):
-        cells = ["/".join(str(p) for p in med[n][key]) for n in paths]
-        print(f"| {label} | {cells[0]} | {cells[1]} |")
+    cells = ["/".join(str(p) for p in med[n]["client_pct_core"]) for n in paths]
+    print(f"| load-client processes, % of a core each | {cells[0]} | {cells[1]} |")
     print(
         f"| machine busy, % of all cores | {med['wsbalancer']['machine_busy_pct']:.0f} | "
         f"{med['haproxy']['machine_busy_pct']:.0f} |"
