@@ -408,7 +408,8 @@ def run_reconnect(args: argparse.Namespace, workdir: Path) -> None:
     med = {name: median_run(name) for name in paths}
     print()
     print(
-        f"## Reconnect storm ({count:,} clients at once, {args.repeat} round(s), "
+        f"## Reconnect storm ({count:,} clients{'' if args.inflight else ' at once'}, "
+        f"{args.repeat} round(s), "
         f"{time.strftime('%H:%M')})"
     )
     print()
