@@ -5,7 +5,8 @@
 //
 // Echoes every message back as it came (text stays text, binary stays binary) on any path.
 // GET /metric answers {"agentsConnections": N, ...}, the shape wsbalancer polls for its
-// least-loaded pick. Prints one line `LISTENING <port>` on stdout once it accepts
+// least-loaded pick. GET /upgrades?since=MS lists when each upgrade request arrived (ms since
+// the epoch), so bench/storm.py can count the upgrades this backend saw per second. Prints one line `LISTENING <port>` on stdout once it accepts
 // connections (port 0 picks a free port), and exits on SIGTERM/SIGINT or when its parent's
 // stdin closes, so it cannot outlive bench/run.py.
 'use strict';
@@ -25,6 +26,9 @@ const name = arg('name', `echo-${process.pid}`);
 let open = 0;
 let accepted = 0;
 let messages = 0;
+// Arrival of each upgrade request, ms since the epoch (sub-ms); bounded, a bench holds fewer.
+const upgradeTimes = [];
+const MAX_UPGRADE_TIMES = 1000000;
 
 const server = http.createServer((req, res) => {
   const path = (req.url || '/').split('?')[0];
@@ -39,10 +43,21 @@ const server = http.createServer((req, res) => {
     res.end(body);
     return;
   }
+  if (req.method === 'GET' && path === '/upgrades') {
+    const since = Number(new URL(req.url, 'http://x').searchParams.get('since') || 0);
+    const body = JSON.stringify({ name, times: upgradeTimes.filter((t) => t >= since) });
+    res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
+    res.end(body);
+    return;
+  }
   res.writeHead(404, { 'Content-Type': 'text/plain' });
   res.end('not found\n');
 });
 server.keepAliveTimeout = 60000;
+// Registered before ws's own listener, so the time is taken as the request head arrives.
+server.on('upgrade', () => {
+  if (upgradeTimes.length < MAX_UPGRADE_TIMES) upgradeTimes.push(performance.timeOrigin + performance.now());
+});
 
 const wss = new WebSocketServer({
   server,

@@ -16,6 +16,10 @@
 //             flight; echoes/s, bytes/s, round-trip latency percentiles
 //   sessions  `concurrency` workers, each looping connect -> one echo -> close; sessions/s
 //   idle      open `count` idle sessions, read the proxy's VmRSS before/after, close them
+//   storm     at `start_at` (ms since the epoch) open `count` connections at once (or
+//             `inflight` at a time), classify each answer (open, a status with or without
+//             Retry-After, an error, none), print the line once all are answered, hold the
+//             open ones until stdin ends, then close them (bench/storm.py)
 'use strict';
 
 const fs = require('fs');
@@ -552,7 +556,119 @@ async function idle() {
   });
 }
 
-const scenarios = { probe, echo, sessions, idle };
+async function storm() {
+  const count = spec.count;
+  const inflight = spec.inflight || count; // default: every connection at once
+  const timeoutMs = (spec.timeout || 60) * 1000;
+  const startAt = spec.start_at || Date.now();
+  const epoch = () => performance.timeOrigin + performance.now();
+  const opens = []; // ms from start_at to each open
+  const statuses = {}; // "503 retry-after" / "503" / "502" ...
+  const retryAfter = [];
+  const errorKinds = {};
+  const sockets = [];
+  let answered = 0;
+  let droppedAfterOpen = 0;
+  let holding = true;
+  let next = 0;
+  let allAnswered;
+  const done = new Promise((resolve) => (allAnswered = resolve));
+
+  function answer() {
+    answered += 1;
+    if (answered === count) allAnswered();
+    else if (next < count) launch();
+  }
+
+  function launch() {
+    const i = next++;
+    const ws = connect(urls[i % urls.length], timeoutMs);
+    let settled = false;
+    const settle = () => {
+      if (settled) return false;
+      settled = true;
+      return true;
+    };
+    ws.on('open', () => {
+      ws.wasOpen = true;
+      if (!settle()) return;
+      opens.push(epoch() - startAt);
+      sockets.push(ws);
+      answer();
+    });
+    ws.on('unexpected-response', (req, res) => {
+      if (settle()) {
+        const ra = res.headers['retry-after'];
+        countInc(statuses, ra !== undefined ? `${res.statusCode} retry-after` : `${res.statusCode}`);
+        if (ra !== undefined) retryAfter.push(Number(ra));
+        answer();
+      }
+      res.resume();
+      req.destroy();
+    });
+    ws.on('error', (e) => {
+      if (settle()) {
+        countInc(errorKinds, String(e.message || e).slice(0, 80));
+        answer();
+      }
+    });
+    ws.on('close', () => {
+      if (ws.wasOpen && holding) droppedAfterOpen += 1;
+    });
+  }
+
+  const wait = startAt - Date.now();
+  if (wait > 0) await sleep(wait);
+  const cpu0 = process.cpuUsage();
+  const t0 = epoch();
+  for (let k = 0; k < Math.min(inflight, count); k++) launch();
+  await Promise.race([done, sleep(timeoutMs + 5000)]);
+  const cpu1 = process.cpuUsage();
+  const wallS = (epoch() - t0) / 1000;
+  const clientCpuS = (cpu1.user - cpu0.user + cpu1.system - cpu0.system) / 1e6;
+  opens.sort((x, y) => x - y);
+  retryAfter.sort((x, y) => x - y);
+  clearTimeout(deadline);
+  process.stdout.write(
+    JSON.stringify({
+      ok: true,
+      scenario: 'storm',
+      count,
+      inflight,
+      start_at: startAt,
+      late_start_ms: t0 - startAt,
+      opened: opens.length,
+      statuses,
+      retry_after: { n: retryAfter.length, min: retryAfter[0] ?? null, max: retryAfter[retryAfter.length - 1] ?? null },
+      errors: errorKinds,
+      unanswered: count - answered,
+      still_open: sockets.filter((ws) => ws.readyState === WebSocket.OPEN).length,
+      dropped_after_open: droppedAfterOpen,
+      open_ms: {
+        first: opens[0] ?? null,
+        p50: percentile(opens, 50),
+        p99: percentile(opens, 99),
+        last: opens.length ? opens[opens.length - 1] : null,
+      },
+      client_cpu_s: clientCpuS,
+      client_pct_core: (100 * clientCpuS) / wallS,
+      wall_s: wallS,
+    }) + '\n'
+  );
+  // Hold the sessions until told (stdin ends), then close them and leave.
+  await new Promise((resolve) => {
+    process.stdin.on('end', resolve);
+    process.stdin.on('error', resolve);
+    process.stdin.resume();
+  });
+  holding = false;
+  for (const ws of sockets) ws.close(1000);
+  const until = now() + (spec.close_timeout || 20) * 1000;
+  while (sockets.some((ws) => ws.readyState !== WebSocket.CLOSED) && now() < until) await sleep(50);
+  process.exit(0);
+}
+
+const scenarios = { probe, echo, sessions, idle, storm };
 if (!scenarios[spec.scenario]) {
   emit({ ok: false, error: `unknown scenario ${spec.scenario}` });
   process.exit(2);

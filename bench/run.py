@@ -431,13 +431,16 @@ PROXIES: dict[str, type[Proxy]] = {
 
 class HAProxy(Proxy):
     name = "haproxy"
+    nbthread = 1  # one thread, like wsbalancer's one process (bench/storm.py: as many as cores)
+    maxconn: int | None = None  # default: what the file-descriptor limit allows
+    bind_extra = ""  # e.g. " backlog 4096"
 
     def command(self, backends: list[Backend]) -> tuple[list[str], dict[str, str]]:
-        maxconn = max(1000, (CHILDREN.nofile[0] - 1000) // 2)
+        maxconn = self.maxconn or max(1000, (CHILDREN.nofile[0] - 1000) // 2)
         servers = "\n".join(f"    server {b.name} 127.0.0.1:{b.port}" for b in backends)
         cfg = f"""\
 global
-    nbthread 1
+    nbthread {self.nbthread}
     maxconn {maxconn}
 
 defaults
@@ -450,7 +453,7 @@ defaults
     timeout client-fin 5s
 
 frontend fe
-    bind 127.0.0.1:{self.port}
+    bind 127.0.0.1:{self.port}{self.bind_extra}
     default_backend be
 
 backend be
