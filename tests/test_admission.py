@@ -185,3 +185,34 @@ async def test_a_burst_of_clients_reaches_the_backend_at_the_admitted_pace() -> 
     finally:
         await lb.stop()
         await backend.stop()
+
+
+def test_a_late_process_lets_waiting_dials_go_at_the_pace_not_all_at_once() -> None:
+    # The reactor is busy for 3 s (a storm's handshakes): the dials that were due meanwhile
+    # go as the bucket refills from then on, so the backend never sees more than the burst
+    # plus the rate in a second.
+    clock = Clock()
+    admission = Admission(pool(admission_rate=10.0, admission_burst=5), clock)
+    results = admitted_at(admission, clock, 40)
+    assert results.count(0.0) == 5
+    clock.advance(3.0)  # one late turn: 3 s of tokens, but at most the burst saved up
+    assert results.count(3.0) == 5
+    for _ in range(10):
+        clock.advance(0.1)
+    assert results.count(None) == 40 - 5 - 5 - 10
+    times = sorted(t for t in results if isinstance(t, float))
+    for start in times:
+        assert sum(start <= t < start + 1.0 for t in times) <= 10 + 5
+
+
+def test_each_worker_process_has_its_share_of_the_rate_and_burst() -> None:
+    clock = Clock()
+    admission = Admission(pool(admission_rate=40.0, admission_burst=20), clock)
+    admission.set_share(1 / 4)
+    assert (admission.rate, admission._burst(admission.rate)) == (10.0, 5)
+    results = admitted_at(admission, clock, 30)
+    assert results.count(0.0) == 5
+    clock.advance(1.0)
+    assert results.count(None) == 30 - 5 - 5  # the burst saved up, a quarter of it
+    admission.configure(pool(admission_rate=80.0))  # a reload keeps the share
+    assert admission.rate == 20.0

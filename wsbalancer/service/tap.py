@@ -413,6 +413,10 @@ def build_service(
     top.admin = admin
     if top.workers is not None:
         top.workers.setServiceParent(top)  # last: the listening sockets exist by then
+    # Admission rates are per backend for the whole group of processes: each has its share.
+    processes = (worker_spec or {}).get("processes") or (config.workers if top.workers else 1)
+    if processes > 1:
+        balancer.cluster.set_process_share(1.0 / processes)
     top.reconfigurables = [balancer, LogLevels(config), discovery, top]
     return top
 

@@ -160,6 +160,7 @@ class WorkerPool(Service):
         spec = {
             **self.spec,
             "index": index,
+            "processes": self.count,  # each takes its share of admission.rate
             "listens": listens,
             "admin": self.socket_path(index),
             "secret_seed": self.secret_seed.hex(),  # the same affinity keys

@@ -2,21 +2,21 @@
 pool is given, as token buckets, so a restart's wave of reconnects (or of failovers) reaches
 the backends at a pace they take instead of all at once.
 
-A dial reserves the next token of its backend's bucket and of its pool's, and waits until
-that token is due. Tokens may be reserved ahead (a bucket goes below zero), so waiting
-handshakes are served in order without polling; past `admission.queue` waiting, or a wait
-longer than `admission.max_wait`, the dial is refused and the client is told when to come
-back. Off (every dial goes at once) while `admission.rate` and `admission.pool_rate` are 0.
+A dial takes a token of its backend's bucket and of its pool's; when there is none, it
+waits in its backend's queue, and is let go (in order) once the buckets have refilled; past
+`admission.queue` waiting, or a wait longer than `admission.max_wait`, the dial is refused
+and the client is told when to come back. Off (every dial goes at once) while
+`admission.rate` and `admission.pool_rate` are 0.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.task import deferLater
 
 from wsbalancer.config import PoolConfig
 
@@ -63,21 +63,35 @@ class TokenBucket:
 
 
 class Admission:
-    """One pool's admission: a bucket per backend and one for the pool, a bounded queue."""
+    """One pool's admission: a bucket per backend and one for the pool, a bounded queue.
+
+    A token is taken when the dial is let go, not when it is queued: when the process is
+    late (busy taking in a storm's handshakes), the dials that were due meanwhile go as the
+    buckets refill, never all at once, so a backend sees no more than rate and burst. With
+    worker processes, each one has its `share` of the rates and bursts."""
 
     def __init__(self, config: PoolConfig, clock: Any, rng: Any = None) -> None:
         self.clock = clock
         self.rng = rng or random.Random()
         self.buckets: dict[str, TokenBucket] = {}
         self.pool_bucket: TokenBucket | None = None
+        self.queues: dict[str, deque[defer.Deferred[None]]] = {}  # waiting dials by backend
         self.waiting = 0  # dials waiting for their token now
         self.refused = 0
+        self.share = 1.0  # of the rates, this process's (1 / worker processes)
+        self.call: Any = None  # the next release
         self.configure(config)
+
+    def set_share(self, share: float) -> None:
+        """This process's part of the rates and bursts (one of several worker processes)."""
+        self.share = share
+        self.configure(self.config)
 
     def configure(self, config: PoolConfig) -> None:
         """Take a pool's (new) admission settings; buckets keep what they hold."""
-        self.rate = config.admission_rate
-        self.pool_rate = config.admission_pool_rate
+        self.config = config
+        self.rate = config.admission_rate * self.share
+        self.pool_rate = config.admission_pool_rate * self.share
         self.burst = config.admission_burst
         self.queue = config.admission_queue
         self.max_wait = config.admission_max_wait
@@ -95,14 +109,19 @@ class Admission:
                 bucket.configure(self.rate, self._burst(self.rate))
         else:
             self.buckets.clear()
+        if self.waiting:
+            self._release()  # the new pace applies to those waiting, or none is left
 
     @property
     def enabled(self) -> bool:
         return bool(self.rate or self.pool_rate)
 
     def _burst(self, rate: float) -> int:
-        # Unset, a bucket holds one second's worth (at least one token).
-        return self.burst or max(1, math.ceil(rate))
+        # Unset, a bucket holds one second's worth (at least one token); a worker process
+        # saves up its share of a burst that is set.
+        if not self.burst:
+            return max(1, math.ceil(rate))
+        return max(1, math.ceil(self.burst * self.share))
 
     def _buckets(self, backend_id: str) -> list[TokenBucket]:
         buckets = []
@@ -127,25 +146,75 @@ class Admission:
         if not buckets:
             return
         now = self.clock.seconds()
-        wait = max(bucket.due_in(now) for bucket in buckets)
+        queue = self.queues.setdefault(backend_id, deque())
+        ahead = self.waiting if self.pool_bucket is not None else len(queue)
+        if not ahead and all(bucket.due_in(now) == 0 for bucket in buckets):
+            for bucket in buckets:
+                bucket.tokens -= 1
+            return
+        wait = self._expected_wait(backend_id, len(queue), now)
         budget = self.max_wait if limit is None else min(self.max_wait, limit)
-        if wait > 0 and (self.waiting >= self.queue or wait > budget):
+        if self.waiting >= self.queue or wait > budget:
             self.refused += 1
             why = "queue full" if self.waiting >= self.queue else "no upgrade slot in time"
             raise AdmissionRefusedError(
                 f"backends busy ({why}), retry later", self._retry_after(max(wait, 1.0))
             )
-        for bucket in buckets:
-            bucket.reserve(now)
-        if wait <= 0:
-            return
-        self.waiting += 1
-        try:
-            await deferLater(self.clock, wait, lambda: None)
-        except defer.CancelledError:
-            raise  # the client left: its token stays spent (the pace only errs slower)
-        finally:
+
+        def cancel(d: defer.Deferred[None]) -> None:
+            # The client left: its place goes to the next one.
+            queue.remove(d)
             self.waiting -= 1
+
+        turn: defer.Deferred[None] = defer.Deferred(cancel)
+        queue.append(turn)
+        self.waiting += 1
+        self._schedule(now)
+        await turn
+
+    def _expected_wait(self, backend_id: str, ahead: int, now: float) -> float:
+        """When a dial queued now would go: after those ahead of it, as the buckets refill."""
+        wait = 0.0
+        bucket = self.buckets.get(backend_id)
+        if bucket is not None:
+            bucket._refill(now)
+            wait = (ahead + 1 - bucket.tokens) / bucket.rate
+        pool = self.pool_bucket
+        if pool is not None:
+            pool._refill(now)
+            wait = max(wait, (self.waiting + 1 - pool.tokens) / pool.rate)
+        return max(0.0, wait)
+
+    def _release(self) -> None:
+        """Let go of every waiting dial whose tokens are there now, in order per backend."""
+        self.call = None
+        now = self.clock.seconds()
+        for backend_id, queue in self.queues.items():
+            while queue:
+                buckets = self._buckets(backend_id)
+                if any(bucket.due_in(now) > 0 for bucket in buckets):
+                    break
+                for bucket in buckets:
+                    bucket.tokens -= 1
+                self.waiting -= 1
+                queue.popleft().callback(None)
+        self._schedule(now)
+
+    def _schedule(self, now: float) -> None:
+        """Be back when the first waiting dial's tokens are due."""
+        due = [
+            max((b.due_in(now) for b in self._buckets(backend_id)), default=0.0)
+            for backend_id, queue in self.queues.items()
+            if queue
+        ]
+        if not due:
+            return
+        delay = min(due)
+        if self.call is not None and self.call.active():
+            if self.call.getTime() <= now + delay:
+                return
+            self.call.cancel()
+        self.call = self.clock.callLater(delay, self._release)
 
     def _retry_after(self, wait: float) -> int:
         # Spread the comebacks: a storm told "in 3 s" all at once would come back as one.

@@ -98,7 +98,17 @@ class Cluster:
         make_poller = getattr(self, "make_poller", None)  # unset while __init__ runs
         if make_poller is not None:
             lane.poller = make_poller(pool)
+        share = getattr(self, "process_share", 1.0)
+        if lane.admission is not None and share != 1.0:
+            lane.admission.set_share(share)
         return lane
+
+    def set_process_share(self, share: float) -> None:
+        """This process's part of the admission rates: 1 / the worker processes."""
+        self.process_share = share
+        for lane in self.lanes.values():
+            if lane.admission is not None:
+                lane.admission.set_share(share)
 
     def _new_affinity(self, config: PoolConfig) -> Affinity:
         return self.keys.affinity(config, self.clock.seconds)

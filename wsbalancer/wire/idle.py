@@ -133,9 +133,9 @@ def compact(leg: Any) -> None:
             start = STARTING_VALUES[name]
             if value is start or (type(value) is type(start) and value == start):
                 continue
-        elif name == "is_open" and not value.callbacks:
-            continue  # resolved, or about to be (nothing waits on it)
-        elif name == "is_closed" and not value.called and not value.callbacks:
+        elif name == "is_open" or (name == "is_closed" and not value.called):
+            # Nothing in the balancer waits on them; Autobahn resolves them (is_open just
+            # after onOpen, where the client leg is compacted).
             continue
         elif name in ("_valid_events", "_results") and value == getattr(cls, name):
             continue
