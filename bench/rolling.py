@@ -201,7 +201,7 @@ async def lands_on(url: str, admin: int, backend_id: str) -> bool:
 def start_backend(
     children: list[subprocess.Popen[Any]], port: int, name: str, args: argparse.Namespace
 ) -> subprocess.Popen[Any]:
-    extra = ["--no-compression"]
+    extra: list[str] = []
     if args.backend_close is not None:
         extra += ["--close-on-stop", str(args.backend_close)]
     return spawn_demo_backend(children, port, name=name, args=extra)
