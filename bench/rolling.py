@@ -81,8 +81,9 @@ class Client:
                     await asyncio.wait_for(self._drain(), 10)
                 except TimeoutError:
                     pass
-                if reader.done():
-                    await reader  # raises the ConnectionClosed that ended it
+                if reader.done():  # the connection ended before we closed it
+                    await reader  # raises the ConnectionClosed that ended it, if one did
+                    self.closed = (ws.close_code, ws.close_reason or "")  # a clean 1000 too
                 reader.cancel()
         except websockets.exceptions.ConnectionClosed as e:
             self.closed = (e.rcvd.code if e.rcvd else None, e.rcvd.reason if e.rcvd else "")
