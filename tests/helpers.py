@@ -65,12 +65,13 @@ class RunningBackend:
 
 
 def start_backend(
-    name: str, protocol: type[DemoProtocol] = DemoProtocol, **kwargs: Any
+    name: str, protocol: type[DemoProtocol] = DemoProtocol, port: int = 0, **kwargs: Any
 ) -> RunningBackend:
+    """A demo backend on `port` (0: an ephemeral one; a stopped backend's port restarts it)."""
     backend = DemoBackend(name, protocol=protocol, **kwargs)
     tracker = WrappingFactory(backend.site())  # to drop every connection, HTTP ones too
-    port = reactor.listenTCP(0, tracker, interface="127.0.0.1")
-    return RunningBackend(backend, port, tracker)
+    listening = reactor.listenTCP(port, tracker, interface="127.0.0.1")
+    return RunningBackend(backend, listening, tracker)
 
 
 class RunningBalancer:

@@ -4,7 +4,9 @@ WebSocket upgrades are accepted on any path: paths under `/chat` broadcast every
 every client of this backend (prefixed with the backend's name, like HAProxy's demo);
 any other path echoes each message back to its sender unchanged (what the Autobahn cases
 need), after `--reply-delay` seconds if given. `GET /metric` answers the seed plugin's JSON;
-`GET /` serves the chat page.
+`GET /` serves the chat page. With `--close-on-stop CODE` (1012, 1001) a SIGTERM closes
+every session with that code before the process exits, as a backend restarting
+gracefully does.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet import defer
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -56,6 +59,8 @@ class DemoProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         backend: DemoBackend = self.factory.backend
+        if self.state != self.STATE_OPEN:
+            return  # it arrived after our close frame: no more data may be sent (RFC 6455)
         if not self.chat:
             if backend.reply_delay:  # a backend slow per message (dashboards, tests)
                 self.factory.reactor.callLater(backend.reply_delay, self._echo, payload, isBinary)
@@ -76,6 +81,11 @@ class DemoProtocol(WebSocketServerProtocol):
         backend: DemoBackend = self.factory.backend
         backend.clients.discard(self)
         backend.closes.append((code, reason))
+        if not backend.clients:
+            waiting, backend.all_closed = backend.all_closed, []
+            for d in waiting:
+                if not d.called:  # not timed out already
+                    d.callback(None)
 
 
 def _accept_deflate(offers: list[Any]) -> Any:
@@ -106,6 +116,7 @@ class DemoBackend:
         self.clients: set[DemoProtocol] = set()
         self.closes: deque[tuple[Any, Any]] = deque(maxlen=100)  # (code, reason) seen
         self.handshakes: deque[dict[str, Any]] = deque(maxlen=100)  # for tests to inspect
+        self.all_closed: list[defer.Deferred[None]] = []  # fired once no client is left
         self.factory = WebSocketServerFactory()
         self.factory.protocol = protocol
         self.factory.backend = self  # type: ignore[attr-defined]
@@ -125,6 +136,17 @@ class DemoBackend:
             "podIP": os.environ.get("POD_IP", "127.0.0.1"),
             "nodeName": os.environ.get("NODE_NAME", socket.gethostname()),
         }
+
+    def close_all(self, code: int, reason: str, timeout: float, clock: Any) -> defer.Deferred[Any]:
+        """Close every session with `code` (a graceful restart: 1012, 1001); fires once all
+        are closed, or after `timeout` seconds with whatever is still open."""
+        if not self.clients:
+            return defer.succeed(None)
+        gone: defer.Deferred[None] = defer.Deferred()
+        self.all_closed.append(gone)
+        for client in list(self.clients):
+            client.sendCloseFrame(code, reason.encode())  # sendClose refuses 1012
+        return gone.addTimeout(timeout, clock, onTimeoutCancel=lambda *_: None)
 
     def site(self) -> Site:
         """A twisted.web site serving the page, `/metric` and WebSocket upgrades anywhere."""
@@ -182,6 +204,13 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="seconds each echo waits (a backend slow per message)",
     )
+    parser.add_argument(
+        "--close-on-stop",
+        type=int,
+        default=0,
+        metavar="CODE",
+        help="on SIGTERM, stop listening and close every session with CODE (e.g. 1012) first",
+    )
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 
@@ -195,6 +224,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     port = reactor.listenTCP(args.port, backend.site(), interface=args.interface)  # type: ignore
     address: Any = port.getHost()
+    if args.close_on_stop:
+
+        def close_sessions() -> defer.Deferred[Any]:
+            listening = defer.maybeDeferred(port.stopListening)
+            closed = backend.close_all(args.close_on_stop, "service restart", 10.0, reactor)
+            return defer.gatherResults([listening, closed])
+
+        # Shutdown waits for a "before" trigger's Deferred: the close handshakes finish first.
+        reactor.addSystemEventTrigger("before", "shutdown", close_sessions)  # type: ignore
     sys.stdout.write(f"{backend.name} listening on {address.port}\n")
     sys.stdout.flush()
     reactor.run()  # type: ignore[attr-defined]
