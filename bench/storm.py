@@ -338,8 +338,8 @@ def run_admission(args: argparse.Namespace, workdir: Path) -> bool:
     )
     if args.workers != "1":
         print(
-            "note: each worker process keeps its own admission buckets, so with N workers a "
-            "backend may see up to N × (rate + burst) upgrades in a second"
+            "note: each of N worker processes has a 1/N share of the rate and burst; each "
+            "paces only its own requests, and a backend counts them as they reach it"
         )
     if max(peaks) <= burst:
         print(

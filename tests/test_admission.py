@@ -216,3 +216,15 @@ def test_each_worker_process_has_its_share_of_the_rate_and_burst() -> None:
     assert results.count(None) == 30 - 5 - 5  # the burst saved up, a quarter of it
     admission.configure(pool(admission_rate=80.0))  # a reload keeps the share
     assert admission.rate == 20.0
+
+
+def test_requests_admitted_apart_but_connected_together_are_written_at_the_pace() -> None:
+    # Connects take their own time: dials let go a second apart can be ready to write their
+    # upgrade requests in the same instant. At most rate + burst go in any second.
+    clock = Clock()
+    admission = Admission(pool(admission_rate=2.0, admission_burst=1), clock)
+    delays = [admission.write_delay("b1") for _ in range(4)]
+    assert delays[:3] == [0.0, 0.0, 0.0] and 1.0 < delays[3] <= 1.01
+    assert admission.write_delay("b2") == 0.0  # another backend's second
+    clock.advance(delays[3])
+    assert admission.write_delay("b1") == 0.0

@@ -329,6 +329,16 @@ class BackendProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc,o
         self.dial.opened(self)
 
     def _actuallyStartHandshake(self, request_options: Any) -> None:
+        if self.state != self.STATE_CONNECTING:
+            return  # the connection went while the request waited (below)
+        admission = self.dial.session.lane.admission
+        if admission is not None and admission.enabled:
+            # admission.*: at most rate + burst upgrade requests reach a backend in a second
+            delay = admission.write_delay(self.dial.backend_id)
+            if delay:
+                clock = self.dial.session.balancer.clock
+                clock.callLater(delay, self._actuallyStartHandshake, request_options)
+                return
         # Autobahn writes its request as UTF-8, which would re-encode what the client sent:
         # the path and header values were read as latin-1 (one character per byte), so the
         # request is written as latin-1 and the backend gets the client's bytes as they came

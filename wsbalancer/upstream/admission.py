@@ -80,6 +80,9 @@ class Admission:
         self.refused = 0
         self.share = 1.0  # of the rates, this process's (1 / worker processes)
         self.call: Any = None  # the next release
+        # When each backend (and the pool, key None) was last sent upgrade requests: the
+        # last second's, checked as each request is about to be written (`write_delay`).
+        self.sent: dict[str | None, deque[float]] = {}
         self.configure(config)
 
     def set_share(self, share: float) -> None:
@@ -138,6 +141,7 @@ class Admission:
     def forget(self, backend_id: str) -> None:
         """A backend left the pool: its bucket goes with it."""
         self.buckets.pop(backend_id, None)
+        self.sent.pop(backend_id, None)
 
     async def admit(self, backend_id: str, limit: float | None = None) -> None:
         """Wait for this dial's token to `backend_id`; AdmissionRefusedError when the queue is
@@ -215,6 +219,32 @@ class Admission:
                 return
             self.call.cancel()
         self.call = self.clock.callLater(delay, self._release)
+
+    def write_delay(self, backend_id: str) -> float:
+        """How long an upgrade request to `backend_id`, its dial admitted and connected,
+        waits before it is written (0: now, and it is counted as sent).
+
+        The buckets pace the dials; a dial's connect takes its own time, longer when the
+        process is busy, so requests admitted a moment apart can reach a backend together.
+        This holds what a backend is sent in any second to rate + burst all the same."""
+        now = self.clock.seconds()
+        checks: list[tuple[str | None, float]] = []
+        if self.rate:
+            checks.append((backend_id, self.rate + self._burst(self.rate)))
+        if self.pool_rate:
+            checks.append((None, self.pool_rate + self._burst(self.pool_rate)))
+        wait = 0.0
+        for key, limit in checks:
+            sent = self.sent.setdefault(key, deque())
+            while sent and sent[0] <= now - 1.0:
+                sent.popleft()
+            if len(sent) >= limit:
+                wait = max(wait, sent[0] + 1.0 - now)
+        if wait > 0:
+            return wait + 0.001
+        for key, _ in checks:
+            self.sent[key].append(now)
+        return 0.0
 
     def _retry_after(self, wait: float) -> int:
         # Spread the comebacks: a storm told "in 3 s" all at once would come back as one.

@@ -110,6 +110,7 @@ class BackendDial:
         # the copy's request fields (path, headers, offers) are the handshake's only, and
         # the copy is about 1.5 KiB of every idle session.
         self.shared_factory: Any = None
+        self.backend_id: str | None = None  # the backend dialled (admission paces it)
 
     @property
     def pending(self) -> bool:
@@ -236,6 +237,7 @@ class BackendDialer:
         dial = BackendDial()
         dial.shared_factory = base
         dial.session = session  # type: ignore[attr-defined]
+        dial.backend_id = backend.id
         connecting = endpoint.connect(_DialFactory(factory, dial))
         dial.connecting = connecting
 
