@@ -62,8 +62,10 @@ class Rebalancer:
         plan = self.plan(lane, now)
         if plan:
             self.queue.extend((lane, session, to) for session, to in plan)
-            # One poll after the round's moves have started, the counts show them.
-            self.next_round[name] = now + self.balancer.config.poll_interval + 1.0
+            # The next round waits until the counts show this round's moves, and those of
+            # the other instances, with the old legs closed (they stay counted on their
+            # old backend until quiet): two polls, plus the drain's quiet periods.
+            self.next_round[name] = now + 2 * self.balancer.config.poll_interval + 3.0
 
     def plan(self, lane: Any, now: float) -> list[tuple[Any, Any]]:
         """This instance's moves for `lane` now: (session, destination) pairs, or none
