@@ -8,11 +8,9 @@ test advances it and each response time is known exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import txaio
 from twisted.internet.testing import MemoryReactorClock
 
 from wsbalancer.admin.api import backend_view
@@ -34,23 +32,11 @@ pytestmark = pytest.mark.timeout(20)
 
 
 @pytest.fixture
-def clock() -> Iterator[MemoryReactorClock]:
-    """A memory reactor that is also the clock of Autobahn's timers while the test runs."""
-    reactor = MemoryReactorClock()
-    config: Any = txaio.config  # type: ignore[attr-defined]
-    saved, config.loop = config.loop, reactor
-    try:
-        yield reactor
-    finally:
-        config.loop = saved
-
-
-@pytest.fixture
-def rig(clock: MemoryReactorClock) -> Any:
+def rig(reactor: MemoryReactorClock) -> Any:
     """`rig(names, **settings)`: a `Rig` whose registry also has the traffic collector."""
 
     def make(names: tuple[str, ...] = ("b1", "b2"), **settings: str) -> Rig:
-        r = Rig(clock, names, **settings)
+        r = Rig(reactor, names, **settings)
         r.balancer.metrics.registry.register(BackendTrafficGauges(r.balancer))
         return r
 
