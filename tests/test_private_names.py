@@ -38,6 +38,11 @@ MODULE_GLOBALS = [
     ("twisted.internet.endpoints", "_WrappingProtocol", "relay/protocols.unwrap"),
     ("twisted.web.client", "_HTTP11ClientFactory", "service/tap, workers, relay/httpproxy"),
     ("twisted.web.http", "_ChunkedTransferDecoder", "relay/httpproxy.BoundedChunkedDecoder"),
+    ("autobahn.websocket.protocol", "_url_to_origin", "relay/lean_handshake (Origin check)"),
+    ("autobahn.websocket.protocol", "_is_same_origin", "relay/lean_handshake (Origin check)"),
+    ("autobahn.websocket.protocol", "parseHttpHeader", "wire/handshake copies its rules"),
+    ("autobahn.twisted.util", "create_transport_details", "relay/lean_handshake.LeanSetup"),
+    ("autobahn.twisted.util", "peer2str", "relay/lean_handshake.LeanSetup"),
 ]
 
 _EPOLL = "twisted.internet.epollreactor:EPollReactor"
@@ -83,6 +88,16 @@ CLASS_ATTRIBUTES = [
         "relay/protocols.BackendProtocol overrides it",
     ),
     ("autobahn.twisted.websocket:WebSocketAdapterProtocol", "_onMessage", "lean.LeanReceive"),
+    ("autobahn.twisted.websocket:WebSocketAdapterProtocol", "_onOpen", "lean_handshake.LeanSetup"),
+    (_WS, "_parseExtensionsHeader", "relay/lean_handshake (both legs)"),
+    (_WS, "_sendAutoPing", "relay/lean_handshake (the backend leg's keepalive)"),
+    (_WS, "onOpenHandshakeTimeout", "relay/lean_handshake.LeanSetup"),
+    (_WS, "consumeData", "relay/lean_handshake (bytes after the 101)"),
+    (
+        "autobahn.websocket.protocol:WebSocketServerProtocol",
+        "succeedHandshake",
+        "relay/lean_handshake.LeanServerHandshake calls it",
+    ),
 ]
 
 # Set on an Autobahn protocol instance by Autobahn itself, read or set by wsbalancer
@@ -111,6 +126,17 @@ AUTOBAHN_STATE = [
     "wasNotCleanReason",  # relay/protocols
     "_perMessageCompress",
     "_isMessageCompressed",
+    # relay/lean_handshake sets what Autobahn's handshakes and set-up would have set
+    "peer",
+    "http_status_line",
+    "http_request_host",
+    "websocket_version",
+    "websocket_protocols",
+    "websocket_origin",
+    "websocket_extensions",
+    "_wskey",
+    "autoPingPendingCall",
+    "_transport_details",
 ]
 
 
@@ -202,6 +228,7 @@ def test_autobahn_state_of_a_protocol_that_received_a_fragmented_message() -> No
     factory.protocol = WebSocketServerProtocol
     factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
     assert "_batched_timer" in vars(factory)  # lean.restart_ping_timeout, relay/splice
+    assert "countConnections" in vars(factory)  # relay/lean_handshake.LeanSetup counts
     protocol: Any = factory.buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)

@@ -25,6 +25,12 @@ except ImportError:  # a private class: without it, reads keep going through the
 
 from wsbalancer.observe.logs import logger
 from wsbalancer.relay.interfaces import IRelaySession
+from wsbalancer.relay.lean_handshake import (
+    LeanClientHandshake,
+    LeanServerHandshake,
+    LeanSetup,
+    read_request,
+)
 from wsbalancer.relay.leg_traffic import answered, client_leg_closed, leg_close_code
 from wsbalancer.upstream.dialer import BackendConnectError, BackendHandshakeError
 from wsbalancer.wire.compression import (
@@ -53,7 +59,7 @@ _log = logger("wsbalancer.relay")
 WEBSOCKET_VERSION = "13"  # RFC 6455; the only Sec-WebSocket-Version a client is accepted with
 
 
-class RelayLeg(FastFrames, LeanReceive, LeanSend, IdleState):
+class RelayLeg(LeanSetup, FastFrames, LeanReceive, LeanSend, IdleState):
     """What both legs share: where a read goes (splice, the fast frame path, Autobahn's
     parser), how a message is forwarded to the partner leg, and how a valid close frame
     reaches the session. Each leg says what its events mean to the session."""
@@ -123,7 +129,7 @@ class RelayLeg(FastFrames, LeanReceive, LeanSend, IdleState):
             WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED = saved
 
 
-class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc,override]
+class FrontendProtocol(RelayLeg, LeanServerHandshake, WebSocketServerProtocol):  # type: ignore[misc,override]
     """The client leg."""
 
     partner: BackendProtocol | None = None
@@ -155,8 +161,18 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc,
         if limit and ((end < 0 and len(self.data) > limit) or end + 4 > limit):
             self.failHandshake("request header fields too large", 431)
             return
-        if end >= 0 and self.lane is None and not self._check(self.data[: end + 4]):
-            return
+        if end >= 0 and self.lane is None:
+            head = self.data[: end + 4]
+            lean = read_request(self, head)
+            if lean is not None:
+                # Every check passes on it: routed, admitted and opened on the fast path
+                # (lean_handshake.py), unless an option-bound check says otherwise.
+                request = lean[0]
+                lane = self._routed(request.target, request.host)
+                if lane is None or not self._admit_to(lane) or self.open_request(request, end):
+                    return
+            elif not self._check(head):
+                return
         super().processHandshake()
 
     def _check(self, head: bytes) -> bool:
@@ -174,10 +190,8 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc,
             self.failHandshake("malformed Host header", 400)
             return False
         headers = {name.lower(): value for name, value in pairs}
-        lane = self.factory.route(parts[1], headers.get("host"))
+        lane = self._routed(parts[1], headers.get("host"))
         if lane is None:
-            path = parts[1].split("?", 1)[0]
-            self.failHandshake(f"no route for {path}", 404)
             return False
         upgrade = "websocket" in headers.get("upgrade", "").lower()
         if not upgrade and lane.config.http:
@@ -195,6 +209,18 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc,
                 [("Sec-WebSocket-Version", WEBSOCKET_VERSION)],
             )
             return False
+        return self._admit_to(lane)
+
+    def _routed(self, target: str, host: str | None) -> Lane | None:
+        """The pool the request goes to; None when there is none (answered 404)."""
+        lane = self.factory.route(target, host)
+        if lane is None:
+            path = target.split("?", 1)[0]
+            self.failHandshake(f"no route for {path}", 404)
+        return lane
+
+    def _admit_to(self, lane: Lane) -> bool:
+        """Admit the request to `lane` under the connection limits (False: refused)."""
         if not self._admit():
             return False
         self.lane = lane
@@ -311,7 +337,7 @@ class FrontendProtocol(RelayLeg, WebSocketServerProtocol):  # type: ignore[misc,
         self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
 
-class BackendProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc,override]
+class BackendProtocol(RelayLeg, LeanClientHandshake, WebSocketClientProtocol):  # type: ignore[misc,override]
     """The backend leg."""
 
     dial: Any = None
@@ -339,26 +365,7 @@ class BackendProtocol(RelayLeg, WebSocketClientProtocol):  # type: ignore[misc,o
                 clock = self.dial.session.balancer.clock
                 clock.callLater(delay, self._actuallyStartHandshake, request_options)
                 return
-        # Autobahn writes its request as UTF-8, which would re-encode what the client sent:
-        # the path and header values were read as latin-1 (one character per byte), so the
-        # request is written as latin-1 and the backend gets the client's bytes as they came
-        # (RFC 7230 obs-text). A shim for this one write, on the instance.
-        self.__dict__["sendData"] = self.send_request_as_read
-        try:
-            super()._actuallyStartHandshake(request_options)
-        finally:
-            self.__dict__.pop("sendData", None)
-
-    def send_request_as_read(
-        self, data: bytes, sync: bool = False, chopsize: int | None = None
-    ) -> None:
-        """Write the handshake request with each character as the byte it was read as."""
-        try:
-            data = data.decode("utf-8").encode("latin-1")
-        except UnicodeEncodeError:
-            pass  # a configured value beyond latin-1 has no such byte: it goes as UTF-8
-        self.http_request_data = data
-        type(self).sendData(self, data, sync, chopsize)
+        self.write_request()
 
     def failHandshake(self, reason: str) -> None:
         status_line = getattr(self, "http_status_line", "") or ""

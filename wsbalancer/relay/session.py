@@ -66,7 +66,9 @@ class RelaySession(SessionMigration):
         balancer = self.balancer
         config = self.lane.config
         client = self.client
-        raw = parse_raw_headers(client.http_request_data)
+        raw = client.request_pairs
+        if raw is None:  # a request Autobahn read, not the fast path
+            raw = parse_raw_headers(client.http_request_data)
         is_tls = ISSLTransport.providedBy(client.transport)
         # The backend leg is offered compression only when asked to mirror the client's:
         # on a data-centre link it mostly costs CPU on both ends.
@@ -137,7 +139,10 @@ class RelaySession(SessionMigration):
         if splicing:
             client.perMessageCompressionAccept = mirror_accept(leg)  # type: ignore[attr-defined]
         balancer.session_opened(self)
-        back = pass_back_headers(parse_raw_headers(leg.http_response_data), config)
+        answer = leg.response_pairs
+        if answer is None:
+            answer = parse_raw_headers(leg.http_response_data)
+        back = pass_back_headers(answer, config)
         shed_handshake(leg)
         if affinity.mode == "cookie":
             state = self.backend_state

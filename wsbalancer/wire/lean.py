@@ -123,6 +123,12 @@ def bake_options(base: type, factory: Any, per_connection: frozenset[str] = froz
             continue
         value = getattr(factory, name)
         attrs[name] = staticmethod(value) if isinstance(value, types.FunctionType) else value
+    attrs["lean_setup"] = True  # every option is here but the per-connection ones
+    attrs["per_connection"] = tuple(
+        name
+        for name in base.CONFIG_ATTRS  # type: ignore[attr-defined]
+        if name in per_connection
+    )
     return type(base.__name__, (base,), attrs)
 
 
@@ -169,7 +175,13 @@ def queued_bytes(transport: Any) -> int:
 # What Autobahn keeps of a finished handshake on the protocol: the raw request and response
 # and the parsed request headers, about 1.5 KiB an idle session that nothing reads again
 # (the session takes what it needs, path and headers for re-dials, before they go).
-_HANDSHAKE_LEFTOVERS = ("http_headers", "http_request_data", "http_response_data")
+_HANDSHAKE_LEFTOVERS = (
+    "http_headers",
+    "http_request_data",
+    "http_response_data",
+    "request_pairs",
+    "response_pairs",
+)
 
 
 def shed_handshake(leg: Any) -> None:

@@ -2,6 +2,7 @@
 
 from autobahn.websocket.protocol import WebSocketProtocol
 
+CONNECTING = WebSocketProtocol.STATE_CONNECTING
 OPEN = WebSocketProtocol.STATE_OPEN
 CLOSED = WebSocketProtocol.STATE_CLOSED
 # 1014 (Bad Gateway) is registered with IANA; a backend or a balancer in front may send it.
