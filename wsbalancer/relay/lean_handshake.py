@@ -68,6 +68,13 @@ class LeanSetup:
     lean_setup = False  # set on the classes bake_options makes
     per_connection: tuple[str, ...] = ()  # options copied from the factory per connection
 
+    def __init__(self) -> None:
+        # Autobahn's makes two futures, an event registry and empty transport details for
+        # every connection: the legs have them as class attributes (IdleState), or make
+        # them when first asked (`_transport_details`, `is_closed`).
+        if not self.lean_setup:
+            super().__init__()
+
     def connectionMade(self) -> None:
         leg: Any = self
         factory = leg.factory

@@ -16,7 +16,7 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 
 from wsbalancer.config import BackendConfig, Config, PoolConfig
@@ -79,8 +79,10 @@ def tls_options(hostname: str, config: PoolConfig) -> Any:
     return ssl.optionsForClientTLS(hostname, trustRoot=trust_root, clientCertificate=client)
 
 
-class _DialFactory(Factory):
-    """Builds the one protocol of one dial and hands it the dial it belongs to."""
+class _DialFactory(ClientFactory):
+    """Builds the one protocol of one dial and hands it the dial it belongs to; told of a
+    connection that failed when it was given to `connectTCP` directly (an endpoint's
+    wrapper reports that instead)."""
 
     noisy = False
 
@@ -98,6 +100,15 @@ class _DialFactory(Factory):
         self.dial.protocol = protocol
         return protocol
 
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        dial = self.dial
+        if dial.cancelled:
+            return  # stopped by us (the client left, the dial budget ran out)
+        if reason.check(error.TimeoutError):
+            dial.failed(BackendTimeoutError("connect timed out"))
+        elif reason.value is not None:
+            dial.failed(BackendConnectError(_reason(reason.value)))
+
 
 class BackendDial:
     """One attempt at the backend leg; `deferred` fires with the open protocol."""
@@ -105,7 +116,9 @@ class BackendDial:
     def __init__(self) -> None:
         self.deferred: defer.Deferred[Any] = defer.Deferred(self._cancel)
         self.protocol: Any = None
-        self.connecting: defer.Deferred[Any] | None = None
+        self.connecting: defer.Deferred[Any] | None = None  # an endpoint's connect
+        self.connector: Any = None  # or connectTCP's, for plain TCP to an address
+        self.cancelled = False
         # The backend's own factory, which the open leg takes instead of the dial's copy:
         # the copy's request fields (path, headers, offers) are the handshake's only, and
         # the copy is about 1.5 KiB of every idle session.
@@ -131,8 +144,14 @@ class BackendDial:
             self.deferred.errback(error)
 
     def _cancel(self, _: Any) -> None:
+        self.cancelled = True
         if self.connecting is not None and not self.connecting.called:
             self.connecting.cancel()
+        if self.connector is not None and self.protocol is None:
+            try:
+                self.connector.stopConnecting()
+            except error.NotConnectingError:
+                pass
         if self.protocol is not None and self.protocol.transport is not None:
             self.protocol.transport.abortConnection()
 
@@ -159,15 +178,17 @@ class BackendDialer:
         # on both legs; the rest is the pool's.
         self.process = process
         self.protocol_class = protocol_class
-        self._factories: dict[str, tuple[BackendConfig, WebSocketClientFactory, Endpoint]]
-        self._factories = {}
+        self._factories: dict[str, tuple[BackendConfig, WebSocketClientFactory, Any]] = {}
 
     def reconfigure(self, config: PoolConfig, process: Config) -> None:
         """Use a new configuration for the next dials."""
         self.config, self.process = config, process
         self._factories.clear()
 
-    def _prepared(self, backend: BackendConfig) -> tuple[WebSocketClientFactory, Endpoint]:
+    def _prepared(self, backend: BackendConfig) -> tuple[WebSocketClientFactory, Any]:
+        """The backend's factory, and where to connect: an endpoint, or (host, port) for
+        plain TCP to an address, dialled with `connectTCP` itself (no per-dial wrapper
+        protocol, connecting Deferred and canceller)."""
         cached = self._factories.get(backend.id)
         if cached is not None and cached[0] == backend:
             return cached[1], cached[2]
@@ -194,18 +215,23 @@ class BackendDialer:
         # (a host name is resolved again on each connect), and parsing the address once
         # keeps that out of every session's set-up.
         timeout = config.backend_connect_timeout
+        target: Any
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
             ep: IStreamClientEndpoint = HostnameEndpoint(self.reactor, host, port, timeout)
         else:
+            if tls is None:
+                target = (host, port)
+                self._factories[backend.id] = (backend, factory, target)
+                return factory, target
             cls = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
             ep = cls(self.reactor, host, port, timeout)
         if tls is not None:
             ep = wrapClientTLS(tls, ep)
-        endpoint = ep
-        self._factories[backend.id] = (backend, factory, endpoint)
-        return factory, endpoint
+        target = ep
+        self._factories[backend.id] = (backend, factory, target)
+        return factory, target
 
     def dial(
         self,
@@ -221,7 +247,7 @@ class BackendDialer:
         """Open the backend leg; fires with the open protocol, or fails with
         BackendHandshakeError / BackendConnectError (BackendTimeoutError when it took too
         long; defer.TimeoutError when `limit`, shorter than the dial's own time, ran out)."""
-        base, endpoint = self._prepared(backend)
+        base, target = self._prepared(backend)
         # A shallow copy, as copy.copy makes it, without its generic protocol steps.
         factory = object.__new__(type(base))
         factory.__dict__.update(base.__dict__)
@@ -238,7 +264,14 @@ class BackendDialer:
         dial.shared_factory = base
         dial.session = session  # type: ignore[attr-defined]
         dial.backend_id = backend.id
-        connecting = endpoint.connect(_DialFactory(factory, dial))
+        if type(target) is tuple:
+            host, port = target
+            timeout = self.config.backend_connect_timeout
+            dial.connector = self.reactor.connectTCP(
+                host, port, _DialFactory(factory, dial), timeout=timeout
+            )
+            return self._bounded(dial, limit)
+        connecting = target.connect(_DialFactory(factory, dial))
         dial.connecting = connecting
 
         def connect_failed(failure: Any) -> None:
@@ -250,6 +283,9 @@ class BackendDialer:
                 dial.failed(BackendConnectError(_reason(failure.value)))
 
         connecting.addErrback(connect_failed)
+        return self._bounded(dial, limit)
+
+    def _bounded(self, dial: BackendDial, limit: float | None) -> defer.Deferred[Any]:
         timeout = self.dial_timeout
         if limit is not None and limit < timeout:
             dial.deferred.addTimeout(limit, self.clock)  # the caller's budget, not the backend's
