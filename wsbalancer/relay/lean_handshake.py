@@ -277,6 +277,72 @@ class LeanServerHandshake:
         answer.addCallbacks(leg.succeedHandshake, self._connect_failed)
         return True
 
+    def succeedHandshake(self, res: Any) -> None:
+        """Autobahn's 101 to the client, in its words and order, written as one block."""
+        leg: Any = self
+        protocol, headers = (res + (None, None))[:2] if type(res) is tuple else (res, None)
+        if protocol is not None and protocol not in leg.websocket_protocols:
+            raise Exception("protocol accepted must be from the list client sent or None")
+        leg.websocket_protocol_in_use = protocol
+        offers = []
+        for extension, params in leg.websocket_extensions:
+            pmce: Any = PERMESSAGE_COMPRESSION_EXTENSION.get(extension)
+            if pmce is not None:
+                try:
+                    offers.append(pmce["Offer"].parse(params))
+                except Exception as e:
+                    leg.failHandshake(str(e))
+                    return
+        agreed = None
+        if offers:
+            accept = leg.perMessageCompressionAccept(offers)
+            if accept is not None:
+                pmce = PERMESSAGE_COMPRESSION_EXTENSION[accept.EXTENSION_NAME]
+                leg._perMessageCompress = pmce["PMCE"].create_from_offer_accept(True, accept)
+                leg.websocket_extensions_in_use = [leg._perMessageCompress]
+                agreed = accept.get_extension_string()
+        factory = leg.factory
+        lines = ["HTTP/1.1 101 Switching Protocols"]
+        if factory.server:
+            lines.append(f"Server: {factory.server}")
+        lines.append("Upgrade: WebSocket\r\nConnection: Upgrade")
+        for source in (factory.headers, headers or {}):
+            for name, values in source.items():
+                if isinstance(values, str):
+                    lines.append(f"{name}: {values}")
+                else:
+                    try:
+                        lines += [f"{name}: {value}" for value in values]
+                    except TypeError:
+                        lines.append(f"{name}: {values}")
+        if protocol is not None:
+            lines.append(f"Sec-WebSocket-Protocol: {protocol}")
+        lines.append("Sec-WebSocket-Accept: " + accept_value(leg._wskey.encode("utf-8")))
+        if agreed is not None:
+            lines.append("Sec-WebSocket-Extensions: " + agreed)
+        response = "\r\n".join(lines) + "\r\n\r\n"
+        # As the backend sent them: its header values were read as latin-1 (Autobahn writes
+        # UTF-8, which turned a byte such as 0xE9 into two).
+        leg.sendData(encode_head(response))
+        leg.http_response_data = response
+        leg.state = OPEN
+        timer = leg.openHandshakeTimeoutCall
+        if timer is not None:
+            timer.cancel()
+            leg.openHandshakeTimeoutCall = None
+        leg.inside_message = False
+        leg.current_frame = None
+        if leg.autoPingInterval:
+            leg.autoPingPendingCall = factory._batched_timer.call_later(
+                leg.autoPingInterval, leg._sendAutoPing
+            )
+        if leg.trackedTimings:
+            leg.trackedTimings.track("onOpen")
+        leg._onOpen()
+        txaio.resolve(leg.is_open, None)  # type: ignore[attr-defined]
+        if leg.data:
+            leg.consumeData()
+
     def _connect_failed(self, failure: Failure) -> None:
         # As Autobahn's own onConnect errback: a ConnectionDeny is the answer, anything
         # else a bug answered 500.
@@ -331,8 +397,14 @@ class LeanClientHandshake:
         end = leg.data.find(b"\r\n\r\n")
         if end < 0:
             return  # the head is not all here yet
-        if not self._take_response(leg.data[: end + 4], end):
+        if self._take_response(leg.data[: end + 4], end):
+            return
+        try:
             super().processHandshake()  # type: ignore[misc]  # refuses it in its own words
+        except UnicodeDecodeError:
+            # Autobahn decodes the head as UTF-8 for a debug line before any check, and a
+            # header byte beyond ASCII that is not UTF-8 (latin-1 obs-text) raises there.
+            leg.failHandshake("handshake response with bytes that are not UTF-8")
 
     def _take_response(self, head: bytes, end: int) -> bool:
         leg: Any = self

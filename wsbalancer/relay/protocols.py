@@ -193,7 +193,9 @@ class FrontendProtocol(RelayLeg, LeanServerHandshake, WebSocketServerProtocol): 
         lane = self._routed(parts[1], headers.get("host"))
         if lane is None:
             return False
-        upgrade = "websocket" in headers.get("upgrade", "").lower()
+        # Every Upgrade line counts, as Autobahn reads them (joined), not just the last.
+        offered = ", ".join(value for name, value in pairs if name.lower() == "upgrade")
+        upgrade = "websocket" in offered.lower()
         if not upgrade and lane.config.http:
             if self._admit():
                 self._become_http()

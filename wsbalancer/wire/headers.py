@@ -17,6 +17,9 @@ _REG_NAME = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+")
 _IP_FUTURE = re.compile(r"[vV][0-9A-Fa-f]+\.[A-Za-z0-9\-._~!$&'()*+,;=:]+")
 
 
+_OWS = " \t"
+
+
 def parse_raw_headers(head: bytes) -> list[tuple[str, str]]:
     """(name, value) pairs in order, duplicates kept, from a raw HTTP head."""
     lines = head.decode("iso-8859-1").split("\r\n")[1:]
@@ -26,11 +29,13 @@ def parse_raw_headers(head: bytes) -> list[tuple[str, str]]:
             continue
         if line[0] in " \t" and pairs:  # obsolete line folding
             name, value = pairs[-1]
-            pairs[-1] = (name, f"{value} {line.strip()}")
+            pairs[-1] = (name, f"{value} {line.strip(_OWS)}")
             continue
         name, sep, value = line.partition(":")
         if sep:
-            pairs.append((name.strip(), value.strip()))
+            # Only SP and HTAB are whitespace around a value (RFC 9110 5.6.3, OWS): obs-text
+            # such as NBSP is the value's own and is forwarded as it came.
+            pairs.append((name.strip(_OWS), value.strip(_OWS)))
     return pairs
 
 
