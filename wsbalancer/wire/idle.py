@@ -123,26 +123,34 @@ class IdleState:
     is_open: Any = _Opened()  # (a connection is compacted once open)
 
 
+# Dropped from a compacted leg whatever their value: the handshake's leftovers, and the
+# per-connection objects the class makes again on first use.
+_DROPPED = frozenset(HANDSHAKE_ONLY) | {"trafficStats", "utf8validator", "is_open"}
+_EMPTY = (None, False, 0, b"", "", (), [])
+
+
 def compact(leg: Any) -> None:
     """Rebuild an open leg's dict with only what differs from `IdleState`'s values."""
     if leg.inside_message:
         return  # the validator and the frame state are in use
     cls = type(leg)
+    state = leg.__dict__
     kept: dict[str, Any] = {}
-    for name, value in leg.__dict__.items():
-        if name in HANDSHAKE_ONLY or name in ("trafficStats", "utf8validator"):
+    starting = STARTING_VALUES
+    for name, value in state.items():
+        if name in _DROPPED:
             continue
-        if name in STARTING_VALUES:
-            start = STARTING_VALUES[name]
+        if name in starting:
+            start = starting[name]
             if value is start or (type(value) is type(start) and value == start):
                 continue
-        elif name == "is_open" or (name == "is_closed" and not value.called):
-            # Nothing in the balancer waits on them; Autobahn resolves them (is_open just
-            # after onOpen, where the client leg is compacted).
+        elif value in _EMPTY and type(value) is not int:
+            if name == "websocket_extensions_in_use":
+                continue  # none agreed
+        elif name == "is_closed" and not value.called:
+            # Nothing in the balancer waits on it; Autobahn resolves it.
             continue
         elif name in ("_valid_events", "_results") and value == getattr(cls, name):
-            continue
-        elif name == "websocket_extensions_in_use" and not value:
             continue
         kept[name] = value
     leg.__dict__ = kept
