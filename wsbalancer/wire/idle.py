@@ -126,7 +126,7 @@ class IdleState:
 # Dropped from a compacted leg whatever their value: the handshake's leftovers, and the
 # per-connection objects the class makes again on first use.
 _DROPPED = frozenset(HANDSHAKE_ONLY) | {"trafficStats", "utf8validator", "is_open"}
-_EMPTY = (None, False, 0, b"", "", (), [])
+_EMPTY: tuple[Any, ...] = (None, False, 0, b"", "", (), [])
 
 
 def compact(leg: Any) -> None:
