@@ -126,7 +126,6 @@ class IdleState:
 # Dropped from a compacted leg whatever their value: the handshake's leftovers, and the
 # per-connection objects the class makes again on first use.
 _DROPPED = frozenset(HANDSHAKE_ONLY) | {"trafficStats", "utf8validator", "is_open"}
-_EMPTY: tuple[Any, ...] = (None, False, 0, b"", "", (), [])
 
 
 def compact(leg: Any) -> None:
@@ -144,9 +143,8 @@ def compact(leg: Any) -> None:
             start = starting[name]
             if value is start or (type(value) is type(start) and value == start):
                 continue
-        elif value in _EMPTY and type(value) is not int:
-            if name == "websocket_extensions_in_use":
-                continue  # none agreed
+        elif name == "websocket_extensions_in_use" and not value:
+            continue  # none agreed
         elif name == "is_closed" and not value.called:
             # Nothing in the balancer waits on it; Autobahn resolves it.
             continue
