@@ -4,6 +4,8 @@ time (backend state, traffic) are a collector the assembly adds to the same regi
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 
 from wsbalancer import __version__
@@ -13,6 +15,8 @@ class BalancerMetrics:
     """The metric families of one balancer, in a registry of its own."""
 
     def __init__(self) -> None:
+        # Children of labelled metrics by their label values (`child`)
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.build_info = Info("wsbalancer_build", "The running wsbalancer", registry=r)
@@ -92,3 +96,12 @@ class BalancerMetrics:
             ["reason"],
             registry=r,
         )
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, looked up once: labels() checks its arguments and
+        takes a lock on every call, several times in every session's life."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found

@@ -63,6 +63,11 @@ class _LevelledLogger(Logger):
             super().emit(level, format, **kwargs)
 
 
+def wants(level: LogLevel) -> bool:
+    """Whether wsbalancer's own events at `level` are written (log.level)."""
+    return level in _wanted
+
+
 def logger(namespace: str) -> Logger:
     """A Logger whose events pass the configured level filter."""
     return _LevelledLogger(namespace=namespace, observer=observer)

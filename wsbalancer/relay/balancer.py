@@ -266,7 +266,7 @@ class Balancer:
 
     def handshake_outcome(self, outcome: str) -> None:
         """Count a client handshake's outcome (bounded set of labels)."""
-        self.metrics.handshakes.labels(outcome).inc()
+        self.metrics.child(self.metrics.handshakes, outcome).inc()
 
     def dial_failed(self, backend: BackendState, reason: str) -> None:
         """A backend leg could not be opened; the next backend will be tried."""

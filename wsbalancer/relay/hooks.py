@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from twisted.logger import LogLevel
 from twisted.python.reflect import namedAny
 from zope.interface import implementer
 
-from wsbalancer.observe.logs import logger
+from wsbalancer.observe.logs import logger, wants
 from wsbalancer.relay.interfaces import IMessageHook, ISessionListener
 from wsbalancer.wire.peers import peer_host
 
@@ -84,8 +85,10 @@ class SessionRecorder(SessionListener):
     def session_opened(self, session: RelaySession) -> None:
         metrics = self.metrics
         assert session.backend_state is not None
-        metrics.sessions_opened.labels(session.backend_state.id).inc()
+        metrics.child(metrics.sessions_opened, session.backend_state.id).inc()
         metrics.handshake_seconds.observe(self.clock.seconds() - session.started)
+        if not wants(LogLevel.info):
+            return  # (its fields are not even gathered)
         self.log.info(
             "session {session} {peer} {path} opened on {backend} (subprotocol {subprotocol})",
             session=session.id,
@@ -119,7 +122,10 @@ class SessionRecorder(SessionListener):
     def session_closed(self, session: RelaySession) -> None:
         backend_id = session.backend_id or "-"
         code = session.close_code
-        self.metrics.sessions_closed.labels(backend_id, str(code or 1005)).inc()
+        metrics = self.metrics
+        metrics.child(metrics.sessions_closed, backend_id, str(code or 1005)).inc()
+        if not wants(LogLevel.info):
+            return
         self.log.info(
             "session {session} {peer} {path} on {backend} ended after {duration:.1f}s: "
             "close {code} {reason!r} by {by}; {msgs_in} msgs/{bytes_in} B in, "
